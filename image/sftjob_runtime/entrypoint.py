@@ -1,0 +1,206 @@
+"""`sftjob run` and `sftjob sanity`: the runtime's two entry points, local or in the training pod.
+
+Both take an SFTJob manifest (local runs) or the run config JSON the
+operator mounts. Failures end as one line on stderr, a typed `Outcome` in
+the termination message (when running in a pod) and an exit code from
+`sftjob.vocabulary.ExitCode`; never a traceback for a problem the user
+can fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from sftjob.manifest import ManifestError
+from sftjob.report import BestCheckpoint, Outcome, SanityResult
+from sftjob.runconfig import RunConfig, load_run_config
+from sftjob.vocabulary import ENV_TERMINATION_LOG, TERMINATION_LOG, ExitCode, Reason
+from sftjob_runtime.errors import RuntimeFailure
+from sftjob_runtime.events import emit
+from sftjob_runtime.progress_server import ProgressState, serve_from_env
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    # Library chatter that says nothing actionable to a user of sftjob.
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def write_outcome(outcome: Outcome) -> None:
+    """Write the termination message when running in a pod (or when SFTJOB_TERMINATION_LOG is set)."""
+    path = os.environ.get(ENV_TERMINATION_LOG) or (TERMINATION_LOG if os.path.exists(TERMINATION_LOG) else None)
+    if not path:
+        return
+    try:
+        Path(path).write_text(outcome.to_termination_message())
+    except OSError as e:  # never let reporting mask the real result
+        emit("termination_log_unwritable", level="warning", path=path, error=str(e))
+
+
+def _load(file: str) -> tuple[RunConfig, Path]:
+    cfg = load_run_config(file)
+    # Relative paths in a manifest are relative to the manifest's folder.
+    return cfg, Path(file).resolve().parent
+
+
+def _fail(reason: Reason | str, message: str, code: int, **extra) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    write_outcome(Outcome(ok=False, reason=str(getattr(reason, "value", reason)), message=message, **extra))
+    return int(code)
+
+
+def _guarded(fn):
+    """Turn user-fixable failures into one line + exit code; log a traceback only for real bugs."""
+
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return fn(*args, **kwargs)
+        except ManifestError as e:
+            for line in e.errors[1:]:
+                print(f"error: {line}", file=sys.stderr)
+            return _fail(Reason.INVALID_SPEC, e.errors[0], ExitCode.INVALID_CONFIG)
+        except RuntimeFailure as e:
+            return _fail(e.reason, str(e), e.exit_code)
+        except KeyboardInterrupt:
+            return 130
+        except Exception as e:  # a bug or an environment failure: keep the trace in the log
+            if _is_oom(e):
+                return _fail(Reason.OUT_OF_MEMORY, "out of memory: lower spec.training.perDeviceBatchSize or maxSeqLength, "
+                             "or enable gradientCheckpointing", ExitCode.INTERNAL)
+            traceback.print_exc()
+            return _fail(Reason.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}", ExitCode.INTERNAL)
+
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _is_oom(e: Exception) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+@_guarded
+def sanity(file: str, as_json: bool = False) -> int:
+    """Run the sanity check alone; exit 0 when it passes, SANITY_FAILED when it does not."""
+    _quiet_libraries()
+    from sftjob_runtime.sanity import run_sanity
+    from sftjob_runtime.train import prepare_run
+
+    cfg, base = _load(file)
+    state = ProgressState()
+    server = serve_from_env(state)
+    try:
+        prep = prepare_run(cfg, base)
+        result = run_sanity(prep, state)
+    finally:
+        if server:
+            server.stop()
+    if as_json:
+        print(json.dumps(result.model_dump(mode="json", exclude_none=True), indent=2))
+    else:
+        _print_sanity(result)
+    if not result.passed:
+        return _fail(result.reason or Reason.SANITY_LOSS_NOT_DECREASING, f"sanity check failed: {result.message}",
+                     ExitCode.SANITY_FAILED, sanity=result)
+    write_outcome(Outcome(ok=True, reason="Passed", message=result.message, sanity=result))
+    return 0
+
+
+def _print_sanity(result: SanityResult) -> None:
+    verdict = "PASSED" if result.passed else f"FAILED ({result.reason})"
+    print(f"sanity check {verdict}: {result.message}")
+    print(f"  rows {result.rows}, fully masked {result.maskedRows}, truncated {result.truncatedRows}")
+    if result.sample:
+        print(f"  trained-on text of the first row: {result.sample!r}")
+
+
+@_guarded
+def run(file: str, output_dir: str | None = None, report_json: str | None = None, skip_sanity: bool = False) -> int:
+    """The whole job: prepare → sanity (when enabled and not already passed) → train → export → summary."""
+    _quiet_libraries()
+    from sftjob_runtime.export import export_checkpoint
+    from sftjob_runtime.sanity import run_sanity
+    from sftjob_runtime.train import prepare_run, train
+
+    cfg, base = _load(file)
+    work = Path(output_dir) if output_dir else Path.cwd() / "runs" / cfg.name
+    state = ProgressState()
+    server = serve_from_env(state)
+    try:
+        prep = prepare_run(cfg, base)
+        _print_resolved(prep)
+        # In a pod the init container has already run the check (and passed, or this would not start).
+        if cfg.sanityCheck.enabled and not skip_sanity:
+            print(f"sanity check: {cfg.sanityCheck.steps} steps on {min(cfg.sanityCheck.samples, len(prep.train.rows))} rows ...")
+            result = run_sanity(prep, state)
+            _print_sanity(result)
+            if not result.passed:
+                return _fail(result.reason, f"sanity check failed: {result.message}", ExitCode.SANITY_FAILED, sanity=result)
+        res = train(prep, work, state)
+        state.update(stage="exporting")
+        dest = export_checkpoint(Path(res.best_dir), cfg.output.uri if "://" in cfg.output.uri else str(base / cfg.output.uri),
+                                 endpoint=cfg.output.endpoint, region=cfg.output.region,
+                                 extra={"name": cfg.name, "step": res.best_step, "evalLoss": res.best_eval_loss})
+        state.update(stage="done")
+    finally:
+        if server:
+            server.stop()
+    report = {**res.as_dict(), "exportedTo": dest}
+    Path(res.best_dir).parent.joinpath("report.json").write_text(json.dumps(report, indent=2, default=str))
+    if report_json:
+        Path(report_json).write_text(json.dumps(report, indent=2, default=str))
+    _print_summary(res, dest)
+    write_outcome(Outcome(
+        ok=True, reason=Reason.COMPLETED.value, message=f"best checkpoint at step {res.best_step} exported",
+        bestCheckpoint=BestCheckpoint(uri=dest, step=res.best_step, evalLoss=res.best_eval_loss),
+        evalLossBefore=res.eval_loss_before, evalLossAfter=res.eval_loss_after,
+        resolved={k: v for k, v in res.resolved.items() if k != "origin"},
+    ))
+    return 0
+
+
+def _print_resolved(prep) -> None:
+    r = prep.resolved
+    print(f"model: {prep.cfg.model.source} ({r.parameters / 1e6:.1f}M parameters, size class {r.sizeClass}) on "
+          f"{prep.hardware.device_name}, {r.dtype}, attention {r.attention}")
+    print(f"data: {len(prep.train.examples)} train / {len(prep.val.examples)} validation rows, "
+          f"{prep.train.truncated} truncated, {len(prep.train.all_masked)} fully masked")
+    print(f"hyperparameters: lr {r.learningRate:g}, epochs {r.epochs:g}, batch {r.perDeviceBatchSize} x {r.devices} device(s) "
+          f"x {r.gradientAccumulationSteps} accumulation = {r.effectiveBatchSize}, warmup {r.warmupRatio:g}, "
+          f"{r.lrScheduler}, {r.totalSteps} steps, eval every {r.evalSteps}")
+    defaults = sorted(k for k, v in r.origin.items() if v != "spec")
+    if defaults:
+        print(f"  chosen by model size / defaults: {', '.join(defaults)}")
+
+
+def _print_summary(res, dest: str) -> None:
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    prompt = next((m["content"] for m in reversed(res.sample_prompt or []) if m["role"] == "user"), "")
+    lines = [
+        "",
+        "=" * 72,
+        f"SFTJob {res.name}: done in {res.duration_seconds:.0f} s, {res.steps} steps, {res.tokens_seen} tokens",
+        f"eval loss      before {fmt(res.eval_loss_before)}  ->  after {fmt(res.eval_loss_after)}",
+        f"best checkpoint step {res.best_step}, eval loss {fmt(res.best_eval_loss)}",
+        f"  local:    {res.best_dir}",
+        f"  exported: {dest}",
+        f"sample prompt: {prompt}",
+        f"  before: {res.sample_before}",
+        f"  after:  {res.sample_after}",
+    ]
+    if res.warnings:
+        lines.append(f"warnings ({len(res.warnings)}):")
+        lines.extend(f"  - {w}" for w in res.warnings)
+    lines.append("=" * 72)
+    print("\n".join(lines))

@@ -1,0 +1,124 @@
+"""From a run config to tokenized, label-masked training and validation rows.
+
+Shared by `sftjob preview`, the sanity check and training, so that what a
+user previews is exactly what the trainer gets. Rows are tokenized and
+masked here (labels built explicitly, -100 outside the assistant's
+tokens) and handed to TRL pre-tokenized: TRL then uses the labels as given.
+Rows that end up with no trained token (e.g. every assistant turn beyond
+maxSeqLength) would be dropped silently by TRL; they are counted here and
+reported instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftjob.runconfig import RunConfig
+from sftjob.vocabulary import ENV_HF_TOKEN, ExitCode, Reason
+from sftjob_runtime.data import DatasetError, Example, load_examples, split_validation
+from sftjob_runtime.errors import RuntimeFailure
+
+
+@dataclass
+class PreparedSplit:
+    """Tokenized rows of one split plus what happened on the way."""
+
+    rows: list  # list[masking.TokenizedExample]
+    examples: list[Example]
+    truncated: int = 0
+    all_masked: list[str] = field(default_factory=list)  # sources of rows with no trained token
+
+    def records(self) -> list[dict]:
+        """Rows TRL trains on: input_ids + labels, only rows with at least one trained token."""
+        return [{"input_ids": r.input_ids, "labels": r.labels} for r in self.rows if r.num_trained_tokens > 0]
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.num_tokens for r in self.rows)
+
+
+def hf_token() -> str | None:
+    """The hub token from the environment (the operator sets it from a secretKeyRef)."""
+    import os
+
+    return os.environ.get(ENV_HF_TOKEN) or None
+
+
+def resolve_path(uri: str, base: Path | None = None) -> str:
+    """Local path of a data or model location (file:// or plain); other schemes are passed through."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri:
+        return uri
+    p = Path(uri).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return str(p)
+
+
+def load_tokenizer(cfg: RunConfig, model_path: str):
+    """The model's tokenizer, with the chat template the job asked for installed on it."""
+    from transformers import AutoTokenizer
+
+    from sftjob_runtime.chat_templates import resolve_chat_template
+
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            model_path, revision=cfg.model.revision, trust_remote_code=cfg.model.trustRemoteCode, token=hf_token()
+        )
+    except OSError as e:
+        raise model_error(cfg.model.source, e) from None
+    tok.chat_template = resolve_chat_template(tok, cfg.model.chatTemplate)
+    return tok
+
+
+def model_error(source: str, e: Exception) -> RuntimeFailure:
+    """Map a loading error to ModelNotFound / GatedModel with what to do."""
+    text = str(e)
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        return RuntimeFailure(
+            Reason.GATED_MODEL,
+            f"spec.model.source: {source} is gated or private: accept its licence on the hub and set "
+            "spec.model.tokenSecretRef to a Secret holding a token with access",
+            ExitCode.MODEL,
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return RuntimeFailure(
+        Reason.MODEL_NOT_FOUND,
+        f"spec.model.source: cannot load {source!r} ({first[:300]}); check the id/path and spec.model.revision",
+        ExitCode.MODEL,
+    )
+
+
+def load_splits(cfg: RunConfig, base: Path | None = None) -> tuple[list[Example], list[Example]]:
+    """Training and validation conversations (validation may be empty when output.keep is last)."""
+    try:
+        train = load_examples(resolve_path(cfg.dataset.train, base), format=cfg.dataset.format)
+        if cfg.dataset.validation:
+            val = load_examples(resolve_path(cfg.dataset.validation, base), format=cfg.dataset.format)
+        elif cfg.dataset.validationSplit:
+            train, val = split_validation(train, cfg.dataset.validationSplit, cfg.training.seed)
+        else:
+            val = []
+    except DatasetError as e:
+        reason = Reason.DATASET_NOT_FOUND if "file not found" in str(e) else Reason.DATASET_SCHEMA
+        raise RuntimeFailure(reason, str(e), ExitCode.DATASET) from None
+    return train, val
+
+
+def tokenize_split(tokenizer, examples: list[Example], max_length: int) -> PreparedSplit:
+    """Tokenize and mask every example; count truncation and rows left with nothing to train on."""
+    from sftjob_runtime.masking import MaskingError, tokenize_conversation
+
+    split = PreparedSplit(rows=[], examples=examples)
+    for ex in examples:
+        try:
+            row = tokenize_conversation(tokenizer, ex.messages, max_length=max_length)
+        except MaskingError as e:
+            raise RuntimeFailure(Reason.CHAT_TEMPLATE, f"{ex.source}: {e}", ExitCode.INVALID_CONFIG) from None
+        split.rows.append(row)
+        split.truncated += int(row.truncated)
+        if row.num_trained_tokens == 0:
+            split.all_masked.append(ex.source)
+    return split

@@ -1,0 +1,350 @@
+"""The SFTJob spec: one pydantic model, the single source of truth.
+
+The CRD's openAPIV3Schema is generated from these classes (`sftjob.crd`),
+`sftjob validate` checks manifests with them, the operator renders from
+them and the run config is derived from them. Field names are the CRD's
+camelCase names; descriptions become the CRD's descriptions and the
+generated reference in docs/.
+
+Rules that span several fields are written once, as CEL, in
+`CROSS_FIELD_RULES` and mirrored in Python validators here, so the API
+server (CEL) and `sftjob validate` (Python) reject the same objects.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "sftjob.dev"
+API_VERSION = "v1alpha1"
+KIND = "SFTJob"
+PLURAL = "sftjobs"
+
+# Kubernetes quantity, e.g. "8", "500m", "64Gi", "1.5".
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+URI_SCHEMES = ("s3://", "file://", "pvc://")
+
+
+class _Model(BaseModel):
+    """Base: camelCase names on the wire, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_default=False,
+    )
+
+
+class SecretKeyRef(_Model):
+    """A key in a Secret in the SFTJob's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret in the SFTJob's namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret whose value is used.")
+
+
+class S3CredentialsRef(_Model):
+    """A Secret holding S3 credentials as two keys."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret in the SFTJob's namespace.")
+    accessKeyIdKey: str = Field(
+        default="AWS_ACCESS_KEY_ID", min_length=1, max_length=253, description="Key holding the access key id."
+    )
+    secretAccessKeyKey: str = Field(
+        default="AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253, description="Key holding the secret access key."
+    )
+
+
+class ModelSpec(_Model):
+    """The base model to fine-tune."""
+
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Where the base model comes from: a Hugging Face hub id (org/name), an s3:// prefix, "
+            "pvc://claim/path, or a local directory (local runs only)."
+        ),
+    )
+    revision: str = Field(default="main", max_length=255, description="Hub revision (branch, tag or commit) of the model.")
+    chatTemplate: str | None = Field(
+        default=None,
+        max_length=65536,
+        description=(
+            "Chat template override: a preset name (chatml, llama3, mistral, gemma) or inline Jinja. "
+            "Needed for base models that ship without a template."
+        ),
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="Training precision. auto picks bfloat16 where the hardware supports it natively, else float32.",
+    )
+    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        default="auto",
+        description="Attention kernel. auto picks flash_attention_2 when installed and supported, else sdpa.",
+    )
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        default="none",
+        description="Load the base model quantized (QLoRA). Requires spec.training.lora.",
+    )
+    trustRemoteCode: bool = Field(default=False, description="Allow model repositories to run their own Python code.")
+    tokenSecretRef: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Hugging Face token, for gated or private models."
+    )
+
+
+class DatasetSpec(_Model):
+    """Training and validation data."""
+
+    train: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Training data: .jsonl, .json or .parquet; s3://, pvc://claim/path or a local path (local runs).",
+    )
+    validation: str | None = Field(
+        default=None, max_length=1024, description="Validation data, same formats as train. Or use validationSplit."
+    )
+    validationSplit: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.5,
+        description="Fraction of train held out for validation when no validation file is given.",
+    )
+    format: Literal["auto", "messages", "prompt-completion"] = Field(
+        default="auto",
+        description="Row format: messages ({messages: [{role, content}]}), prompt-completion, or auto-detect.",
+    )
+
+
+class LoraSpec(_Model):
+    """Low-rank adaptation instead of full fine-tuning."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA layers.")
+    # A list only (not "string or list"): a structural CRD schema cannot
+    # say "string or array", and one shape keeps the API server and
+    # `sftjob validate` in agreement.
+    targetModules: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        max_length=64,
+        description=(
+            "Modules to adapt: [all-linear] (every linear layer except the output head), "
+            "or module names such as [q_proj, k_proj, v_proj, o_proj]."
+        ),
+    )
+
+
+class TrainingSpec(_Model):
+    """Hyperparameters. Every field is optional: unset values are chosen by model size and recorded in status.resolved."""
+
+    epochs: float | None = Field(default=None, gt=0, le=100, description="Passes over the training data.")
+    maxSteps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    learningRate: float | None = Field(default=None, gt=0, le=1, description="Peak learning rate.")
+    perDeviceBatchSize: int | None = Field(default=None, ge=1, le=4096, description="Sequences per device per forward pass.")
+    effectiveBatchSize: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description=(
+            "Sequences per optimizer step across all devices. Gradient accumulation = "
+            "effectiveBatchSize / (perDeviceBatchSize x GPUs x nodes); it must divide."
+        ),
+    )
+    warmupRatio: float | None = Field(default=None, ge=0, le=0.5, description="Fraction of steps spent warming up the learning rate.")
+    weightDecay: float | None = Field(default=None, ge=0, le=1, description="AdamW weight decay.")
+    maxGradNorm: float | None = Field(default=None, gt=0, description="Gradient clipping norm.")
+    lrScheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr"] | None = Field(
+        default=None, description="Learning-rate schedule after warmup."
+    )
+    maxSeqLength: int = Field(default=2048, ge=16, le=1048576, description="Tokens per sequence; longer rows are truncated and counted.")
+    packing: bool = Field(default=False, description="Pack rows into sequences without padding (padding-free best-fit packing).")
+    gradientCheckpointing: bool | None = Field(
+        default=None, description="Recompute activations in backward to save memory. Default: on for GPUs, off on CPU."
+    )
+    evalSteps: int | None = Field(default=None, ge=1, description="Evaluate every N optimizer steps. Default: about 10 evaluations per run.")
+    saveSteps: int | None = Field(default=None, ge=1, description="Checkpoint every N steps; must be a multiple of evalSteps. Default: evalSteps.")
+    saveTotalLimit: int = Field(default=2, ge=1, le=100, description="Checkpoints kept on disk (the best one is always kept).")
+    loggingSteps: int = Field(default=10, ge=1, description="Log train metrics every N steps.")
+    seed: int = Field(default=42, ge=0, description="Random seed for data order and initialisation.")
+    lora: LoraSpec | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
+
+
+class SanityCheckSpec(_Model):
+    """A short real training run on a subset before the full run."""
+
+    enabled: bool = Field(default=True, description="Run the sanity check before training (recommended).")
+    steps: int = Field(default=10, ge=2, le=200, description="Optimizer steps in the sanity run.")
+    samples: int = Field(default=64, ge=4, le=10000, description="Training rows used by the sanity run.")
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, max_length=317, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None, description="Taint effect.")
+    tolerationSeconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+
+
+class ResourcesSpec(_Model):
+    """What the training pod needs and where it may run."""
+
+    gpus: int = Field(default=1, ge=0, le=16, description="GPUs per node (0 trains on CPU).")
+    nodes: int = Field(default=1, ge=1, le=1, description="Nodes. Only single-node jobs are supported in v1alpha1.")
+    gpuResource: str = Field(default="nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU.")
+    cpu: Quantity = Field(default="8", description="CPU request and limit.")
+    memory: Quantity = Field(default="64Gi", description="Memory request and limit.")
+    shmSize: Quantity = Field(default="16Gi", description="Size of /dev/shm (memory-backed) for data loaders and NCCL.")
+    workVolumeSize: Quantity = Field(default="100Gi", description="Size limit of the scratch volume for the model and checkpoints.")
+    workVolumeClaim: str | None = Field(
+        default=None, max_length=253, description="Existing PersistentVolumeClaim to use as the scratch volume (enables resume across pods)."
+    )
+    # Bounded sizes keep the CRD's CEL cost estimate (the immutability rule
+    # compares whole sections) far below the API server's limit.
+    nodeSelector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=64, description="Node labels the pod must match."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Taints the pod tolerates.")
+    affinity: dict[str, Any] | None = Field(default=None, description="core/v1 Affinity for the training pod.")
+    priorityClassName: str | None = Field(default=None, max_length=253, description="PriorityClass of the training pod.")
+
+
+class OutputSpec(_Model):
+    """Where the best checkpoint goes."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Destination of the best checkpoint: s3://bucket/prefix, pvc://claim/path, or file:// (local runs).",
+    )
+    endpoint: str | None = Field(default=None, max_length=1024, description="S3-compatible endpoint URL (MinIO, Ceph, ...).")
+    region: str | None = Field(default=None, max_length=64, description="S3 region.")
+    credentialsSecretRef: S3CredentialsRef | None = Field(
+        default=None, description="Secret with S3 credentials. Omit to use the service account's identity (IRSA, workload identity)."
+    )
+    keep: Literal["best", "last"] = Field(
+        default="best", description="Export the checkpoint with the lowest eval loss (best) or the final one (last)."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith(URI_SCHEMES) and not v.startswith(("/", ".")):
+            raise ValueError(f"must start with one of {', '.join(URI_SCHEMES)} (or be a local path for local runs)")
+        return v
+
+
+class WandbSpec(_Model):
+    """Weights & Biases settings."""
+
+    project: str = Field(default="sftjob", max_length=128, description="W&B project.")
+    entity: str | None = Field(default=None, max_length=128, description="W&B entity (team or user).")
+    apiKeySecretRef: SecretKeyRef | None = Field(default=None, description="Secret key holding the W&B API key.")
+
+
+class MonitoringSpec(_Model):
+    """Where training metrics go."""
+
+    reportTo: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], max_length=2, description="Metric sinks: tensorboard, wandb (empty: none)."
+    )
+    wandb: WandbSpec | None = Field(default=None, description="W&B settings, used when reportTo has wandb.")
+
+
+class SFTJobSpec(_Model):
+    """Desired state of a supervised fine-tuning job."""
+
+    model: ModelSpec = Field(description="The base model to fine-tune.")
+    dataset: DatasetSpec = Field(description="Training and validation data.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyperparameters; unset values are chosen by model size.")
+    sanityCheck: SanityCheckSpec = Field(default_factory=SanityCheckSpec, description="The sanity check that gates training.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute and placement of the training pod.")
+    output: OutputSpec = Field(description="Where the best checkpoint is exported.")
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Metric sinks.")
+    image: str | None = Field(default=None, max_length=1024, description="Training image override (default: the operator's configured image).")
+    serviceAccountName: str | None = Field(default=None, max_length=253, description="Service account of the training pod.")
+    queueName: str | None = Field(
+        default=None, max_length=63, description="Kueue LocalQueue: the Job is created suspended with the queue label."
+    )
+    suspend: bool = Field(default=False, description="Suspend the job (the pod is stopped; resuming continues from the latest checkpoint).")
+    activeDeadlineSeconds: int = Field(default=86400, ge=60, description="Fail the job after this many seconds.")
+    backoffLimit: int = Field(default=3, ge=0, le=20, description="Retries after pod failures (disruptions such as preemption do not count).")
+    ttlSecondsAfterFinished: int | None = Field(
+        default=None, ge=0, description="Delete the finished Job (not the SFTJob) after this many seconds."
+    )
+
+
+def cross_field_errors(spec: SFTJobSpec) -> list[str]:
+    """Field-path messages for every cross-field rule that `spec` breaks."""
+    return [f"{rule.field}: {rule.message}" for rule in CROSS_FIELD_RULES if not rule.check(spec)]
+
+
+class CrossFieldRule:
+    """One rule, in CEL for the API server and in Python for `sftjob validate`."""
+
+    def __init__(self, field: str, cel: str, message: str, check) -> None:
+        self.field = field
+        self.cel = cel
+        self.message = message
+        self.check = check
+
+
+def _divides(spec: SFTJobSpec) -> bool:
+    t = spec.training
+    if t.effectiveBatchSize is None or t.perDeviceBatchSize is None:
+        return True
+    devices = max(spec.resources.gpus, 1) * spec.resources.nodes
+    return t.effectiveBatchSize % (t.perDeviceBatchSize * devices) == 0
+
+
+# Rules on spec as a whole (the CEL `self` is spec). Transition rules
+# (immutability) live on the fields themselves in the CRD generator.
+CROSS_FIELD_RULES: list[CrossFieldRule] = [
+    CrossFieldRule(
+        "spec.training.saveSteps",
+        "!has(self.training) || !has(self.training.saveSteps) || !has(self.training.evalSteps) || "
+        "self.training.saveSteps % self.training.evalSteps == 0",
+        "must be a multiple of evalSteps, so the checkpoint with the best eval loss is on disk to keep",
+        lambda s: s.training.saveSteps is None or s.training.evalSteps is None or s.training.saveSteps % s.training.evalSteps == 0,
+    ),
+    CrossFieldRule(
+        "spec.model.quantization",
+        "!has(self.model.quantization) || self.model.quantization == 'none' || has(self.training) && has(self.training.lora)",
+        "quantized loading (QLoRA) requires spec.training.lora",
+        lambda s: s.model.quantization == "none" or s.training.lora is not None,
+    ),
+    CrossFieldRule(
+        "spec.dataset",
+        "(has(self.output.keep) && self.output.keep == 'last') || has(self.dataset.validation) || has(self.dataset.validationSplit)",
+        "keeping the best checkpoint ranks by eval loss: set dataset.validation or dataset.validationSplit (or output.keep: last)",
+        lambda s: s.output.keep == "last" or s.dataset.validation is not None or s.dataset.validationSplit is not None,
+    ),
+    CrossFieldRule(
+        "spec.dataset.validationSplit",
+        "!(has(self.dataset.validation) && has(self.dataset.validationSplit))",
+        "set either dataset.validation or dataset.validationSplit, not both",
+        lambda s: not (s.dataset.validation is not None and s.dataset.validationSplit is not None),
+    ),
+    CrossFieldRule(
+        "spec.training.effectiveBatchSize",
+        "!has(self.training) || !has(self.training.effectiveBatchSize) || !has(self.training.perDeviceBatchSize) || "
+        "self.training.effectiveBatchSize % (self.training.perDeviceBatchSize * "
+        "((has(self.resources) && has(self.resources.gpus) && self.resources.gpus > 0) ? self.resources.gpus : 1) * "
+        "((has(self.resources) && has(self.resources.nodes)) ? self.resources.nodes : 1)) == 0",
+        "must be a multiple of perDeviceBatchSize x GPUs x nodes (gradient accumulation must be a whole number)",
+        _divides,
+    ),
+]
+
+NAME_RE = re.compile(DNS_LABEL_PATTERN)

@@ -1,0 +1,127 @@
+"""Names shared by the operator and the runtime: reasons, exit codes, phases, labels, paths.
+
+Both sides import this module; it imports nothing heavy. Changing a value
+here changes the wire contract between a training pod and the operator.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+
+
+class Phase(str, Enum):
+    """SFTJob.status.phase."""
+
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    SANITY_CHECKING = "SanityChecking"
+    TRAINING = "Training"
+    EXPORTING = "Exporting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class ConditionType(str, Enum):
+    """SFTJob.status.conditions[].type."""
+
+    SANITY_CHECKED = "SanityChecked"
+    TRAINING = "Training"
+    EXPORTED = "Exported"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Reason(str, Enum):
+    """Typed, actionable failure (and progress) reasons."""
+
+    INVALID_SPEC = "InvalidSpec"
+    DATASET_SCHEMA = "DatasetSchema"
+    DATASET_NOT_FOUND = "DatasetNotFound"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    GATED_MODEL = "GatedModel"
+    CHAT_TEMPLATE = "ChatTemplate"
+    SANITY_LOSS_NOT_DECREASING = "SanityLossNotDecreasing"
+    SANITY_ALL_MASKED = "SanityAllMasked"
+    SANITY_GARBLED_GENERATION = "SanityGarbledGeneration"
+    SANITY_NON_FINITE_LOSS = "SanityNonFiniteLoss"
+    OUT_OF_MEMORY = "OutOfMemory"
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL = "ImagePull"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    PREEMPTED = "Preempted"
+    EXPORT_FAILED = "ExportFailed"
+    TRAINING_DIVERGED = "TrainingDiverged"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    INTERNAL_ERROR = "InternalError"
+    # Non-failure reasons used on progress conditions.
+    CREATED = "JobCreated"
+    QUEUED = "WaitingForQuota"
+    RUNNING = "Running"
+    PASSED = "Passed"
+    COMPLETED = "Completed"
+    SUSPENDED = "Suspended"
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the runtime's commands.
+
+    The Job's podFailurePolicy fails the Job at once on the configuration
+    and sanity codes (a retry cannot help) and retries the rest.
+    """
+
+    OK = 0
+    INTERNAL = 1
+    INVALID_CONFIG = 2
+    DATASET = 3
+    MODEL = 4
+    SANITY_FAILED = 10
+    DIVERGED = 11
+    EXPORT_FAILED = 12
+
+
+# Exit codes for which retrying the pod is pointless.
+PERMANENT_EXIT_CODES = (ExitCode.INVALID_CONFIG, ExitCode.DATASET, ExitCode.MODEL, ExitCode.SANITY_FAILED, ExitCode.DIVERGED)
+
+REASON_FOR_EXIT_CODE = {
+    ExitCode.INVALID_CONFIG: Reason.INVALID_SPEC,
+    ExitCode.DATASET: Reason.DATASET_SCHEMA,
+    ExitCode.MODEL: Reason.MODEL_NOT_FOUND,
+    ExitCode.SANITY_FAILED: Reason.SANITY_LOSS_NOT_DECREASING,
+    ExitCode.DIVERGED: Reason.TRAINING_DIVERGED,
+    ExitCode.EXPORT_FAILED: Reason.EXPORT_FAILED,
+}
+
+# Labels and annotations on everything the operator creates.
+LABEL_PREFIX = "sftjob.dev"
+LABEL_JOB_NAME = f"{LABEL_PREFIX}/job-name"
+LABEL_COMPONENT = f"{LABEL_PREFIX}/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+MANAGED_BY = "sftjob-operator"
+ANNOTATION_SPEC_HASH = f"{LABEL_PREFIX}/spec-hash"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+# Container names and in-pod paths.
+SANITY_CONTAINER = "sanity-check"
+TRAIN_CONTAINER = "train"
+RUN_CONFIG_KEY = "run-config.json"
+RUN_CONFIG_DIR = "/etc/sftjob"
+RUN_CONFIG_PATH = f"{RUN_CONFIG_DIR}/{RUN_CONFIG_KEY}"
+WORK_DIR = "/workspace"
+TERMINATION_LOG = "/dev/termination-log"
+PROGRESS_PORT = 8321
+PROGRESS_PATH = "/progress"
+
+# Environment variables the runtime reads (set by the operator from secrets).
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_WANDB_API_KEY = "WANDB_API_KEY"
+ENV_AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+ENV_TERMINATION_LOG = "SFTJOB_TERMINATION_LOG"
+ENV_PROGRESS_PORT = "SFTJOB_PROGRESS_PORT"
