@@ -58,19 +58,29 @@ def resolve_path(uri: str, base: Path | None = None) -> str:
 
 
 def load_tokenizer(cfg: RunConfig, model_path: str):
-    """The model's tokenizer, with the chat template the job asked for installed on it."""
+    """The model's tokenizer and the conversation masker for the chat template the job asked for.
+
+    The resolved template is also installed on the tokenizer, so sample
+    generations and the saved tokenizer use the template training used.
+    """
     from transformers import AutoTokenizer
 
-    from sftjob_runtime.chat_templates import resolve_chat_template
+    from sftjob_runtime.chat_templates import ChatTemplateError, resolve_chat_template
+    from sftjob_runtime.masking import ConversationMasker, MaskingError
 
     try:
         tok = AutoTokenizer.from_pretrained(
             model_path, revision=cfg.model.revision, trust_remote_code=cfg.model.trustRemoteCode, token=hf_token()
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise model_error(cfg.model.source, e) from None
-    tok.chat_template = resolve_chat_template(tok, cfg.model.chatTemplate)
-    return tok
+    try:
+        template = resolve_chat_template(tok, cfg.model.chatTemplate)
+        masker = ConversationMasker(tok, template)
+    except (ChatTemplateError, MaskingError) as e:
+        raise RuntimeFailure(Reason.CHAT_TEMPLATE, str(e), ExitCode.INVALID_CONFIG) from None
+    tok.chat_template = template.source
+    return tok, masker
 
 
 def model_error(source: str, e: Exception) -> RuntimeFailure:
@@ -107,14 +117,14 @@ def load_splits(cfg: RunConfig, base: Path | None = None) -> tuple[list[Example]
     return train, val
 
 
-def tokenize_split(tokenizer, examples: list[Example], max_length: int) -> PreparedSplit:
+def tokenize_split(masker, examples: list[Example], max_length: int) -> PreparedSplit:
     """Tokenize and mask every example; count truncation and rows left with nothing to train on."""
-    from sftjob_runtime.masking import MaskingError, tokenize_conversation
+    from sftjob_runtime.masking import MaskingError
 
     split = PreparedSplit(rows=[], examples=examples)
     for ex in examples:
         try:
-            row = tokenize_conversation(tokenizer, ex.messages, max_length=max_length)
+            row = masker.tokenize(ex.messages, max_length=max_length)
         except MaskingError as e:
             raise RuntimeFailure(Reason.CHAT_TEMPLATE, f"{ex.source}: {e}", ExitCode.INVALID_CONFIG) from None
         split.rows.append(row)

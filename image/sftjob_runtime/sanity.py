@@ -52,7 +52,7 @@ def run_sanity(prep, state=None) -> SanityResult:
     if rows:
         from sftjob_runtime.masking import trained_spans
 
-        sample_text = " | ".join(trained_spans(rows[0], prep.tokenizer))[:400]
+        sample_text = " | ".join(trained_spans(prep.tokenizer, rows[0].input_ids, rows[0].labels))[:400]
     base = dict(rows=len(rows), maskedRows=masked, truncatedRows=truncated, sample=sample_text)
     if masked == len(rows):
         return SanityResult(passed=False, reason=Reason.SANITY_ALL_MASKED.value,

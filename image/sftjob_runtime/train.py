@@ -257,10 +257,10 @@ def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
     dtype = hw_mod.choose_dtype(cfg.model.dtype, hw)
     attention = hw_mod.choose_attention(cfg.model.attention, hw, dtype)
     model_path = resolve_path(cfg.model.source, base)
-    tokenizer = load_tokenizer(cfg, model_path)
+    tokenizer, masker = load_tokenizer(cfg, model_path)
     train_ex, val_ex = load_splits(cfg, base)
-    train = tokenize_split(tokenizer, train_ex, cfg.training.maxSeqLength)
-    val = tokenize_split(tokenizer, val_ex, cfg.training.maxSeqLength)
+    train = tokenize_split(masker, train_ex, cfg.training.maxSeqLength)
+    val = tokenize_split(masker, val_ex, cfg.training.maxSeqLength)
     if not train.records():
         raise RuntimeFailure(
             Reason.SANITY_ALL_MASKED,

@@ -1,0 +1,71 @@
+"""Hyperparameter resolution: size-table defaults, gradient accumulation, and where each value came from."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftjob.spec import TrainingSpec
+from sftjob_runtime.errors import RuntimeFailure
+from sftjob_runtime.hardware import Hardware, choose_attention, choose_checkpointing, choose_dtype
+from sftjob_runtime.hparams import plan_steps, resolve
+
+CPU = Hardware(device="cpu", device_name="cpu", device_count=1, bf16=False)
+CPU_BF16 = Hardware(device="cpu", device_name="cpu", device_count=1, bf16=True, cpu_flags=("amx_bf16",))
+A100 = Hardware(device="cuda", device_name="A100", device_count=8, bf16=True, cuda_capability=(8, 0))
+T4 = Hardware(device="cuda", device_name="T4", device_count=1, bf16=False, cuda_capability=(7, 5))
+
+
+@pytest.mark.parametrize(
+    ("params", "size", "lr", "effective"),
+    [(135e6, "<1B", 1e-4, 16), (3e9, "1B-3B", 5e-5, 16), (8e9, "7B-13B", 2e-5, 32), (70e9, "30B-70B", 1e-5, 64)],
+)
+def test_defaults_follow_the_size_table(params, size, lr, effective):
+    r = resolve(TrainingSpec(), int(params), devices=1)
+    assert (r.sizeClass, r.learningRate, r.effectiveBatchSize) == (size, lr, effective)
+    assert r.lrScheduler == "cosine" and r.maxGradNorm == 1.0
+    assert r.origin["learningRate"] == f"default:{size}"
+    assert r.effectiveBatchSize == r.perDeviceBatchSize * r.devices * r.gradientAccumulationSteps
+
+
+def test_user_values_win_and_are_marked_as_spec():
+    r = resolve(TrainingSpec(learningRate=3e-5, perDeviceBatchSize=4, effectiveBatchSize=64), int(8e9), devices=8)
+    assert r.learningRate == 3e-5 and r.origin["learningRate"] == "spec"
+    assert r.gradientAccumulationSteps == 2  # 64 / (4 x 8)
+
+
+def test_effective_batch_that_does_not_divide_names_the_field():
+    with pytest.raises(RuntimeFailure) as e:
+        resolve(TrainingSpec(perDeviceBatchSize=4, effectiveBatchSize=30), int(1e9), devices=2)
+    msg = str(e.value)
+    assert msg.startswith("spec.training.effectiveBatchSize: 30 is not a multiple")
+    assert "use 24 or 32" in msg
+
+
+def test_default_effective_batch_is_rounded_up_and_recorded():
+    r = resolve(TrainingSpec(perDeviceBatchSize=3), int(1e9), devices=1)
+    assert r.effectiveBatchSize == 18 and r.gradientAccumulationSteps == 6
+    assert "rounded" in r.origin["effectiveBatchSize"]
+
+
+def test_step_plan_gives_about_ten_evaluations():
+    t = TrainingSpec(perDeviceBatchSize=4, effectiveBatchSize=8, epochs=1)
+    r = plan_steps(resolve(t, int(135e6), 1), t, train_rows=300)
+    assert r.totalSteps == 38 and r.evalSteps == 3 and r.saveSteps == 3
+
+
+def test_precision_follows_the_hardware():
+    assert choose_dtype("auto", CPU) == "float32"
+    assert choose_dtype("auto", CPU_BF16) == "bfloat16"
+    assert choose_dtype("auto", A100) == "bfloat16"
+    assert choose_dtype("auto", T4) == "float32"
+    with pytest.raises(RuntimeFailure, match="spec.model.dtype: bfloat16 is not supported"):
+        choose_dtype("bfloat16", CPU)
+
+
+def test_attention_and_checkpointing_defaults():
+    assert choose_attention("auto", CPU, "float32") == "sdpa"
+    with pytest.raises(RuntimeFailure, match="spec.model.attention: flash_attention_2 needs"):
+        choose_attention("flash_attention_2", CPU, "float32")
+    assert choose_checkpointing(None, CPU) is False
+    assert choose_checkpointing(None, A100) is True
+    assert choose_checkpointing(False, A100) is False
