@@ -308,8 +308,9 @@ def _divides(spec: SFTJobSpec) -> bool:
     return t.effectiveBatchSize % (t.perDeviceBatchSize * devices) == 0
 
 
-# Rules on spec as a whole (the CEL `self` is spec). Transition rules
-# (immutability) live on the fields themselves in the CRD generator.
+# Rules on spec as a whole (the CEL `self` is spec). The immutability rule
+# (a transition rule that reads status) sits at the CRD's root, written by
+# the CRD generator (`sftjob.crd.immutability_rule`).
 CROSS_FIELD_RULES: list[CrossFieldRule] = [
     CrossFieldRule(
         "spec.training.saveSteps",

@@ -146,11 +146,13 @@ def _load_model(cfg: RunConfig, model_path: str, dtype: str, attention: str):
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
-        targets = lora.targetModules
+        # PEFT recognises the "all-linear" shorthand only as a plain string.
+        targets = list(lora.targetModules)
+        target_modules = targets[0] if targets == ["all-linear"] else targets
         model = get_peft_model(
             model,
             LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                       target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM"),
+                       target_modules=target_modules, task_type="CAUSAL_LM"),
         )
     return model
 

@@ -1,0 +1,382 @@
+"""Rendering: one SFTJob in, the Kubernetes objects the operator creates out.
+
+Pure: no API calls, no clock, no randomness, no kopf or kubernetes-client
+imports, so `sftjob render` prints exactly what the operator would create and
+tests check it without a server. Objects are built as plain dicts.
+
+What it renders, for an SFTJob named N:
+- ConfigMap `N-run-config` holding the versioned run config (no secrets);
+- Job `N-sft`: an init container `sanity-check` (when enabled) and the main
+  container `train`, both from the training image, sharing /workspace.
+
+Credentials reach the pod only as `secretKeyRef` environment variables; the
+pod gets no service-account token and runs under the `restricted` Pod
+Security Standard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from sftjob import vocabulary as vocab
+from sftjob.manifest import API_VERSION_FULL, SFTJob
+from sftjob.runconfig import RunConfig
+from sftjob.spec import DNS_LABEL_PATTERN, KIND
+from sftjob_operator.config import OperatorConfig
+
+CONFIGMAP_SUFFIX = "-run-config"
+JOB_SUFFIX = "-sft"
+MAX_OBJECT_NAME = 63
+OUTPUT_DIR = f"{vocab.WORK_DIR}/output"
+HF_HOME = f"{vocab.WORK_DIR}/.cache/huggingface"
+# pvc://CLAIM/PATH locations in the spec are mounted at PVC_MOUNT_ROOT/CLAIM
+# and handed to the runtime as plain paths: the runtime knows no Kubernetes.
+PVC_MOUNT_ROOT = "/mnt/pvc"
+PVC_SCHEME = "pvc://"
+# The training image's unprivileged user (restricted Pod Security Standard).
+RUN_AS_USER = 1000
+COMPONENT_RUN_CONFIG = "run-config"
+COMPONENT_TRAINING = "training"
+APP_NAME = "sftjob"
+
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+# Volume names inside the pod.
+_VOL_WORK, _VOL_SHM, _VOL_RUN_CONFIG, _VOL_TMP = "work", "dshm", "run-config", "tmp"
+
+
+class RenderError(ValueError):
+    """The SFTJob cannot be rendered; the message names the field to change."""
+
+
+def configmap_name(name: str) -> str:
+    """Name of the run-config ConfigMap of SFTJob `name`."""
+    return name + CONFIGMAP_SUFFIX
+
+
+def job_name(name: str) -> str:
+    """Name of the batch/v1 Job of SFTJob `name`."""
+    return name + JOB_SUFFIX
+
+
+def render(job: SFTJob, config: OperatorConfig) -> list[dict]:
+    """The objects the operator creates for `job`: [ConfigMap, Job], as plain dicts.
+
+    Deterministic: the same SFTJob and config always give the same objects.
+    Owner references are set only when the SFTJob's uid is known (objects
+    read from the API server); offline renders omit them.
+    """
+    _check_name(job.name)
+    pvcs = _pvc_claims(job)
+    run_config = _run_config(job)
+    run_config_json = run_config.to_json()
+    job_spec = _job_spec(job, config, pvcs)
+    digest = spec_hash(run_config_json, job_spec)
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, configmap_name(job.name), COMPONENT_RUN_CONFIG, digest),
+        "data": {vocab.RUN_CONFIG_KEY: run_config_json},
+    }
+    batch_job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job, job_name(job.name), COMPONENT_TRAINING, digest),
+        "spec": job_spec,
+    }
+    if job.spec.queueName:
+        batch_job["metadata"]["labels"][vocab.KUEUE_QUEUE_LABEL] = job.spec.queueName
+    # A JSON round trip: plain JSON types only, and no sub-object shared
+    # between containers (so callers may edit one; YAML shows no anchors).
+    return json.loads(json.dumps([configmap, batch_job]))
+
+
+def spec_hash(run_config_json: str, job_spec: dict) -> str:
+    """sha256 over the canonical run config and the Job spec (less `suspend`, which may change).
+
+    The operator compares it with the annotation on existing children to
+    tell "already created from this spec" from "created from another one".
+    """
+    relevant = {k: v for k, v in job_spec.items() if k != "suspend"}
+    canonical = json.dumps({"runConfig": json.loads(run_config_json), "jobSpec": relevant},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_name(name: str) -> None:
+    longest = max(configmap_name(name), job_name(name), key=len)
+    if not _DNS_LABEL.match(name) or len(longest) > MAX_OBJECT_NAME:
+        raise RenderError(
+            f"metadata.name: must be a DNS label short enough that {longest!r} fits in "
+            f"{MAX_OBJECT_NAME} characters (at most {MAX_OBJECT_NAME - len(CONFIGMAP_SUFFIX)}), got {name!r}"
+        )
+
+
+def _labels(name: str, component: str) -> dict[str, str]:
+    return {
+        vocab.LABEL_NAME: APP_NAME,
+        vocab.LABEL_INSTANCE: name,
+        vocab.LABEL_MANAGED_BY: vocab.MANAGED_BY,
+        vocab.LABEL_JOB_NAME: name,
+        vocab.LABEL_COMPONENT: component,
+    }
+
+
+def _metadata(job: SFTJob, name: str, component: str, digest: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if job.namespace:
+        meta["namespace"] = job.namespace
+    meta["labels"] = _labels(job.name, component)
+    meta["annotations"] = {vocab.ANNOTATION_SPEC_HASH: digest}
+    if job.uid:
+        meta["ownerReferences"] = [{
+            "apiVersion": API_VERSION_FULL,
+            "kind": KIND,
+            "name": job.name,
+            "uid": job.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }]
+    return meta
+
+
+# ---- pvc:// locations ------------------------------------------------------
+
+
+def _pvc_split(field: str, uri: str) -> tuple[str, str]:
+    claim, _, path = uri[len(PVC_SCHEME):].partition("/")
+    if not claim or len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim):
+        raise RenderError(f"{field}: pvc:// locations are pvc://CLAIM/PATH with a valid claim name, got {uri!r}")
+    return claim, path.strip("/")
+
+
+def _pvc_local(field: str, uri: str) -> str:
+    claim, path = _pvc_split(field, uri)
+    return f"{PVC_MOUNT_ROOT}/{claim}/{path}" if path else f"{PVC_MOUNT_ROOT}/{claim}"
+
+
+def _pvc_locations(job: SFTJob) -> list[tuple[str, str]]:
+    s = job.spec
+    found = [("spec.model.source", s.model.source), ("spec.dataset.train", s.dataset.train),
+             ("spec.dataset.validation", s.dataset.validation), ("spec.output.uri", s.output.uri)]
+    return [(f, u) for f, u in found if u and u.startswith(PVC_SCHEME)]
+
+
+def _pvc_claims(job: SFTJob) -> dict[str, bool]:
+    """Claims named by pvc:// locations, mapped to whether the pod writes to them (the output)."""
+    claims: dict[str, bool] = {}
+    for field, uri in _pvc_locations(job):
+        claim, _ = _pvc_split(field, uri)
+        claims[claim] = claims.get(claim, False) or field == "spec.output.uri"
+    return dict(sorted(claims.items()))
+
+
+def _run_config(job: SFTJob) -> RunConfig:
+    """The run config, with pvc:// locations replaced by their mount paths."""
+    rc = RunConfig.from_sftjob(job)
+    s = job.spec
+
+    def local(field: str, uri: str | None) -> str | None:
+        return _pvc_local(field, uri) if uri and uri.startswith(PVC_SCHEME) else uri
+
+    return rc.model_copy(update={
+        "model": rc.model.model_copy(update={"source": local("spec.model.source", s.model.source)}),
+        "dataset": rc.dataset.model_copy(update={
+            "train": local("spec.dataset.train", s.dataset.train),
+            "validation": local("spec.dataset.validation", s.dataset.validation),
+        }),
+        "output": rc.output.model_copy(update={"uri": local("spec.output.uri", s.output.uri)}),
+    })
+
+
+# ---- the Job ---------------------------------------------------------------
+
+
+def _job_spec(job: SFTJob, config: OperatorConfig, pvcs: dict[str, bool]) -> dict[str, Any]:
+    s = job.spec
+    containers = [vocab.SANITY_CONTAINER] if s.sanityCheck.enabled else []
+    containers.append(vocab.TRAIN_CONTAINER)
+    return {
+        "backoffLimit": s.backoffLimit,
+        "activeDeadlineSeconds": s.activeDeadlineSeconds,
+        "ttlSecondsAfterFinished": (
+            s.ttlSecondsAfterFinished if s.ttlSecondsAfterFinished is not None else config.ttl_seconds_after_finished
+        ),
+        # Kueue admits a queued Job by unsuspending it, so it must start suspended.
+        "suspend": bool(s.suspend or s.queueName),
+        "completions": 1,
+        "parallelism": 1,
+        "podFailurePolicy": _pod_failure_policy(containers),
+        "template": _pod_template(job, config, pvcs),
+    }
+
+
+def _pod_failure_policy(containers: list[str]) -> dict[str, Any]:
+    """Disruptions never count against backoffLimit; permanent exit codes fail the Job at once."""
+    codes = sorted({int(code) for code in vocab.PERMANENT_EXIT_CODES})
+    rules: list[dict[str, Any]] = [
+        # First, so a pod killed by preemption or a drain is retried whatever it exited with.
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+    rules += [
+        {"action": "FailJob", "onExitCodes": {"containerName": name, "operator": "In", "values": codes}}
+        for name in containers
+    ]
+    return {"rules": rules}
+
+
+def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: dict[str, bool]) -> dict[str, Any]:
+    s = job.spec
+    r = s.resources
+    mounts = _volume_mounts(pvcs)
+    env = _env(job, config)
+    resources = _container_resources(job)
+    image = s.image or config.image
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",  # required by podFailurePolicy; retries are the Job's
+        "automountServiceAccountToken": False,  # training pods get no API credentials
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if s.serviceAccountName:
+        pod["serviceAccountName"] = s.serviceAccountName
+    if r.priorityClassName:
+        pod["priorityClassName"] = r.priorityClassName
+    if r.nodeSelector:
+        pod["nodeSelector"] = dict(sorted(r.nodeSelector.items()))
+    if r.tolerations:
+        pod["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in r.tolerations]
+    if r.affinity:
+        pod["affinity"] = r.affinity
+    if s.sanityCheck.enabled:
+        pod["initContainers"] = [_container(
+            vocab.SANITY_CONTAINER, image, config, ["sftjob", "sanity", vocab.RUN_CONFIG_PATH], env, resources, mounts,
+        )]
+    train_args = ["sftjob", "run", vocab.RUN_CONFIG_PATH, "--output", OUTPUT_DIR]
+    if s.sanityCheck.enabled:
+        # The init container has run (and passed) the check; the main container must not repeat it.
+        train_args.append("--skip-sanity")
+    train = _container(vocab.TRAIN_CONTAINER, image, config, train_args, env, resources, mounts)
+    train["ports"] = [{"name": "progress", "containerPort": config.progress_port, "protocol": "TCP"}]
+    pod["containers"] = [train]
+    pod["volumes"] = _volumes(job, pvcs)
+    return {
+        "metadata": {
+            "labels": _labels(job.name, COMPONENT_TRAINING),
+            # `kubectl logs` without -c shows the training log.
+            "annotations": {"kubectl.kubernetes.io/default-container": vocab.TRAIN_CONTAINER},
+        },
+        "spec": pod,
+    }
+
+
+def _container(name: str, image: str, config: OperatorConfig, command: list[str], env: list[dict],
+               resources: dict, mounts: list[dict]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(command),  # an argument array: nothing from the spec reaches a shell
+        "workingDir": vocab.WORK_DIR,
+        "env": [dict(e) for e in env],
+        "resources": {k: dict(v) for k, v in resources.items()},
+        "volumeMounts": [dict(m) for m in mounts],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+        # The runtime writes its outcome here; the operator reads it from the pod status.
+        "terminationMessagePath": vocab.TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+    }
+
+
+def _container_resources(job: SFTJob) -> dict[str, dict[str, str]]:
+    """Requests equal limits; the init container gets the same (it trains a few steps on the GPU too)."""
+    r = job.spec.resources
+    amounts = {"cpu": r.cpu, "memory": r.memory}
+    if r.gpus > 0:
+        amounts[r.gpuResource] = str(r.gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _env(job: SFTJob, config: OperatorConfig) -> list[dict[str, Any]]:
+    s = job.spec
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": vocab.ENV_PROGRESS_PORT, "value": str(config.progress_port)},
+        {"name": vocab.ENV_TERMINATION_LOG, "value": vocab.TERMINATION_LOG},
+    ]
+    if s.model.tokenSecretRef:
+        env.append(_secret_env(vocab.ENV_HF_TOKEN, s.model.tokenSecretRef.name, s.model.tokenSecretRef.key))
+    creds = s.output.credentialsSecretRef
+    if creds:
+        env.append(_secret_env(vocab.ENV_AWS_ACCESS_KEY_ID, creds.name, creds.accessKeyIdKey))
+        env.append(_secret_env(vocab.ENV_AWS_SECRET_ACCESS_KEY, creds.name, creds.secretAccessKeyKey))
+    if "wandb" in s.monitoring.reportTo:
+        key_ref = s.monitoring.wandb.apiKeySecretRef if s.monitoring.wandb else None
+        if key_ref:
+            env.append(_secret_env(vocab.ENV_WANDB_API_KEY, key_ref.name, key_ref.key))
+        # Without a key W&B still records the run, to files under the work volume.
+        env.append({"name": "WANDB_MODE", "value": "online" if key_ref else "offline"})
+    return env
+
+
+def _volume_mounts(pvcs: dict[str, bool]) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"name": _VOL_WORK, "mountPath": vocab.WORK_DIR},
+        {"name": _VOL_SHM, "mountPath": "/dev/shm"},
+        {"name": _VOL_RUN_CONFIG, "mountPath": vocab.RUN_CONFIG_DIR, "readOnly": True},
+        {"name": _VOL_TMP, "mountPath": "/tmp"},
+    ]
+    for i, (claim, writable) in enumerate(pvcs.items()):
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": not writable})
+    return mounts
+
+
+def _volumes(job: SFTJob, pvcs: dict[str, bool]) -> list[dict[str, Any]]:
+    r = job.spec.resources
+    work: dict[str, Any] = (
+        {"name": _VOL_WORK, "persistentVolumeClaim": {"claimName": r.workVolumeClaim}}
+        if r.workVolumeClaim
+        else {"name": _VOL_WORK, "emptyDir": {"sizeLimit": r.workVolumeSize}}
+    )
+    volumes = [
+        work,
+        {"name": _VOL_SHM, "emptyDir": {"medium": "Memory", "sizeLimit": r.shmSize}},
+        {
+            "name": _VOL_RUN_CONFIG,
+            "configMap": {
+                "name": configmap_name(job.name),
+                "items": [{"key": vocab.RUN_CONFIG_KEY, "path": vocab.RUN_CONFIG_KEY}],
+                "defaultMode": 0o444,
+            },
+        },
+        {"name": _VOL_TMP, "emptyDir": {}},
+    ]
+    for i, (claim, writable) in enumerate(pvcs.items()):
+        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
+    return volumes
+
+
+__all__ = ["RenderError", "render", "spec_hash", "configmap_name", "job_name", "PVC_MOUNT_ROOT", "OUTPUT_DIR"]

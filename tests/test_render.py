@@ -1,0 +1,423 @@
+"""Rendering an SFTJob into its ConfigMap and Job, checked without a server.
+
+Every rendered object is validated in strict mode against the official
+Kubernetes OpenAPI schemas of several minor versions (kubernetes-validate),
+then the properties users and the operator depend on are asserted: names,
+owner references, Kueue, the pod failure policy, the restricted Pod Security
+Standard, secrets only by reference, and the run config contract.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from sftjob import vocabulary as vocab
+from sftjob.manifest import SFTJob, parse_sftjob
+from sftjob.runconfig import RunConfig
+from sftjob.spec import SFTJobSpec
+from sftjob_operator.config import OperatorConfig
+from sftjob_operator.render import PVC_MOUNT_ROOT, RenderError, render, spec_hash
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+K8S_VERSIONS = ("1.32", "1.33", "1.34")
+CONFIG = OperatorConfig()
+UID = "6f1c2a1e-8e0b-4c39-9d6e-2b7f5c3a9d10"
+
+BASE = {
+    "apiVersion": "sftjob.dev/v1alpha1",
+    "kind": "SFTJob",
+    "metadata": {"name": "llama-sft", "namespace": "team-a", "uid": UID},
+    "spec": {
+        "model": {"source": "meta-llama/Llama-3.1-8B-Instruct"},
+        "dataset": {"train": "s3://data/train.jsonl", "validation": "s3://data/val.jsonl"},
+        "output": {"uri": "s3://models/llama-sft"},
+    },
+}
+
+
+def manifest(**spec_changes: Any) -> dict:
+    """BASE with top-level spec sections replaced/added."""
+    obj = copy.deepcopy(BASE)
+    obj["spec"].update(copy.deepcopy(spec_changes))
+    return obj
+
+
+def job_of(obj: dict) -> SFTJob:
+    return parse_sftjob(obj, "test")
+
+
+ALL_SECRETS = manifest(
+    model={"source": "meta-llama/Llama-3.1-8B-Instruct", "tokenSecretRef": {"name": "hf-token", "key": "token"}},
+    output={"uri": "s3://models/x", "credentialsSecretRef": {"name": "s3-creds"}},
+    monitoring={"reportTo": ["tensorboard", "wandb"],
+                "wandb": {"project": "p", "apiKeySecretRef": {"name": "wandb-key", "key": "api-key"}}},
+)
+
+VARIANTS: dict[str, dict] = {
+    "base": manifest(),
+    "no-sanity": manifest(sanityCheck={"enabled": False}),
+    "pvc-work-volume": manifest(resources={"workVolumeClaim": "sft-scratch"}),
+    "kueue": manifest(queueName="gpu-queue"),
+    "cpu": manifest(resources={"gpus": 0, "cpu": "2", "memory": "8Gi"}),
+    "all-secrets": ALL_SECRETS,
+    "pvc-locations": manifest(
+        model={"source": "pvc://models/llama-8b"},
+        dataset={"train": "pvc://sft-data/chat/train.jsonl", "validation": "pvc://sft-data/chat/val.jsonl"},
+        output={"uri": "pvc://sft-out/llama"},
+    ),
+    "placement": manifest(resources={
+        "gpus": 4, "gpuResource": "amd.com/gpu", "nodeSelector": {"pool": "mi300"},
+        "tolerations": [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}}},
+        "priorityClassName": "ml-high",
+    }, serviceAccountName="sft-runner", image="registry.example/sft:2", ttlSecondsAfterFinished=60),
+    "offline": {**manifest(), "metadata": {"name": "llama-sft"}},
+}
+for _path in EXAMPLES:
+    for _i, _doc in enumerate(d for d in yaml.safe_load_all(_path.read_text(encoding="utf-8")) if d):
+        _doc.setdefault("metadata", {})["uid"] = UID
+        VARIANTS[f"example:{_path.name}#{_i}"] = _doc
+
+
+def rendered(name: str) -> list[dict]:
+    return render(job_of(VARIANTS[name]), CONFIG)
+
+
+def pod_spec(objs: list[dict]) -> dict:
+    return objs[1]["spec"]["template"]["spec"]
+
+
+def all_containers(objs: list[dict]) -> list[dict]:
+    spec = pod_spec(objs)
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def container(objs: list[dict], name: str) -> dict:
+    [c] = [c for c in all_containers(objs) if c["name"] == name]
+    return c
+
+
+# ---- valid Kubernetes objects ----------------------------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rendered_objects_validate_strictly(variant, version):
+    for obj in rendered(variant):
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_strict_validation_catches_a_bad_object():
+    """The validator used above does reject what the API server would."""
+    objs = rendered("base")
+    objs[1]["spec"]["template"]["spec"]["containers"][0]["comand"] = ["x"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(objs[1], "1.34", strict=True)
+
+
+def test_objects_and_names():
+    cm, job = rendered("base")
+    assert (cm["apiVersion"], cm["kind"], cm["metadata"]["name"]) == ("v1", "ConfigMap", "llama-sft-run-config")
+    assert (job["apiVersion"], job["kind"], job["metadata"]["name"]) == ("batch/v1", "Job", "llama-sft-sft")
+    assert cm["metadata"]["namespace"] == job["metadata"]["namespace"] == "team-a"
+    for obj in (cm, job):
+        labels = obj["metadata"]["labels"]
+        assert labels[vocab.LABEL_MANAGED_BY] == vocab.MANAGED_BY
+        assert labels[vocab.LABEL_JOB_NAME] == "llama-sft"
+    assert cm["metadata"]["labels"][vocab.LABEL_COMPONENT] == "run-config"
+    assert job["metadata"]["labels"][vocab.LABEL_COMPONENT] == "training"
+    assert job["spec"]["template"]["metadata"]["labels"][vocab.LABEL_JOB_NAME] == "llama-sft"
+
+
+def test_longest_allowed_name_fits_and_longer_is_refused():
+    obj = copy.deepcopy(BASE)
+    obj["metadata"]["name"] = "a" * 52
+    cm, job = render(job_of(obj), CONFIG)
+    assert len(cm["metadata"]["name"]) == 63 and len(job["metadata"]["name"]) == 56
+    # Objects read from a cluster whose CRD predates the name rule may be longer.
+    too_long = SFTJob(name="a" * 53, namespace="x", spec=SFTJobSpec.model_validate(BASE["spec"]))
+    with pytest.raises(RenderError, match="metadata.name"):
+        render(too_long, CONFIG)
+
+
+def test_owner_references_only_with_a_uid():
+    for obj in rendered("base"):
+        assert obj["metadata"]["ownerReferences"] == [{
+            "apiVersion": "sftjob.dev/v1alpha1", "kind": "SFTJob", "name": "llama-sft", "uid": UID,
+            "controller": True, "blockOwnerDeletion": True,
+        }]
+    for obj in rendered("offline"):
+        assert "ownerReferences" not in obj["metadata"] and "namespace" not in obj["metadata"]
+
+
+# ---- determinism and the spec hash -----------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_render_is_deterministic(variant):
+    first = render(job_of(copy.deepcopy(VARIANTS[variant])), CONFIG)
+    second = render(job_of(copy.deepcopy(VARIANTS[variant])), CONFIG)
+    assert json.dumps(first, sort_keys=False) == json.dumps(second, sort_keys=False)
+
+
+def test_spec_hash_annotation_tracks_what_was_rendered():
+    def digest(obj: dict) -> str:
+        cm, job = render(job_of(obj), CONFIG)
+        assert cm["metadata"]["annotations"] == job["metadata"]["annotations"]
+        return job["metadata"]["annotations"][vocab.ANNOTATION_SPEC_HASH]
+
+    base = digest(manifest())
+    assert len(base) == 64 and int(base, 16) >= 0
+    assert digest(manifest(training={"learningRate": 1e-4})) != base      # run config changed
+    assert digest(manifest(resources={"gpus": 2})) != base               # pod changed
+    assert digest(manifest(suspend=True)) == base                         # suspend may toggle
+    assert render(job_of(manifest()), OperatorConfig(image="other:1"))[1]["metadata"]["annotations"][
+        vocab.ANNOTATION_SPEC_HASH] != base
+
+
+def test_spec_hash_is_over_canonical_json_not_key_order():
+    cm, job = rendered("base")
+    run_config = cm["data"][vocab.RUN_CONFIG_KEY]
+    reordered = dict(reversed(list(job["spec"].items())))
+    assert spec_hash(run_config, reordered) == spec_hash(run_config, job["spec"])
+    assert spec_hash(run_config, job["spec"]) == job["metadata"]["annotations"][vocab.ANNOTATION_SPEC_HASH]
+
+
+def test_rendered_objects_share_no_sub_objects():
+    objs = rendered("all-secrets")
+    init, train = all_containers(objs)
+    init["env"][0]["value"] = "changed"
+    init["resources"]["limits"]["cpu"] = "1"
+    assert train["env"][0]["value"] != "changed" and train["resources"]["limits"]["cpu"] != "1"
+
+
+# ---- the Job: retries, Kueue ---------------------------------------------------------
+
+
+def test_job_settings():
+    job = rendered("base")[1]["spec"]
+    assert job["backoffLimit"] == 3 and job["activeDeadlineSeconds"] == 86400
+    assert job["ttlSecondsAfterFinished"] == CONFIG.ttl_seconds_after_finished
+    assert job["suspend"] is False
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    assert rendered("placement")[1]["spec"]["ttlSecondsAfterFinished"] == 60
+
+
+def test_pod_failure_policy():
+    rules = rendered("base")[1]["spec"]["podFailurePolicy"]["rules"]
+    codes = sorted(int(c) for c in vocab.PERMANENT_EXIT_CODES)
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    for name in (vocab.SANITY_CONTAINER, vocab.TRAIN_CONTAINER):
+        assert {"action": "FailJob", "onExitCodes": {"containerName": name, "operator": "In", "values": codes}} in rules
+    # Disruptions are matched first: a preempted pod is retried whatever it exited with.
+    assert rules[0]["action"] == "Ignore"
+    no_sanity = rendered("no-sanity")[1]["spec"]["podFailurePolicy"]["rules"]
+    assert all(r.get("onExitCodes", {}).get("containerName") != vocab.SANITY_CONTAINER for r in no_sanity)
+    assert len(no_sanity) == 2
+
+
+def test_kueue_job_starts_suspended_with_the_queue_label():
+    job = rendered("kueue")[1]
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][vocab.KUEUE_QUEUE_LABEL] == "gpu-queue"
+    plain = rendered("base")[1]
+    assert vocab.KUEUE_QUEUE_LABEL not in plain["metadata"]["labels"]
+    assert render(job_of(manifest(suspend=True)), CONFIG)[1]["spec"]["suspend"] is True
+
+
+# ---- the pod --------------------------------------------------------------------
+
+
+def test_containers_commands_and_image():
+    objs = rendered("base")
+    init, train = all_containers(objs)
+    assert init["name"] == vocab.SANITY_CONTAINER and train["name"] == vocab.TRAIN_CONTAINER
+    assert init["command"] == ["sftjob", "sanity", "/etc/sftjob/run-config.json"]
+    # The init container already ran the sanity check: the main container must not repeat it.
+    assert train["command"] == ["sftjob", "run", "/etc/sftjob/run-config.json", "--output", "/workspace/output", "--skip-sanity"]
+    assert init["image"] == train["image"] == CONFIG.image
+    assert train["imagePullPolicy"] == CONFIG.image_pull_policy
+    assert train["ports"] == [{"name": "progress", "containerPort": CONFIG.progress_port, "protocol": "TCP"}]
+    assert {c["image"] for c in all_containers(rendered("placement"))} == {"registry.example/sft:2"}
+    assert "initContainers" not in pod_spec(rendered("no-sanity"))
+    (only,) = all_containers(rendered("no-sanity"))
+    assert "--skip-sanity" not in only["command"]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_commands_are_argument_arrays(variant):
+    for c in all_containers(rendered(variant)):
+        assert isinstance(c["command"], list) and all(isinstance(a, str) for a in c["command"])
+        assert "args" not in c and not any(a in ("sh", "bash", "-c") for a in c["command"])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_restricted_pod_security_standard(variant):
+    objs = rendered(variant)
+    pod = pod_spec(objs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(key)
+    allowed_volumes = {"emptyDir", "configMap", "persistentVolumeClaim"}
+    for vol in pod["volumes"]:
+        assert set(vol) - {"name"} <= allowed_volumes, vol
+    for c in all_containers(objs):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["readOnlyRootFilesystem"] is True
+        assert not sc.get("privileged")
+        assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}
+        assert c["terminationMessagePath"] == "/dev/termination-log"
+        assert c["terminationMessagePolicy"] == "File"
+
+
+def test_gpu_resources():
+    for c in all_containers(rendered("base")):
+        assert c["resources"]["requests"] == c["resources"]["limits"] == {
+            "cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "1"}
+    for c in all_containers(rendered("placement")):
+        assert c["resources"]["limits"]["amd.com/gpu"] == "4"
+        assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    for c in all_containers(rendered("cpu")):
+        assert c["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+
+
+def test_placement():
+    pod = pod_spec(rendered("placement"))
+    assert pod["nodeSelector"] == {"pool": "mi300"}
+    assert pod["tolerations"] == [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert pod["priorityClassName"] == "ml-high" and pod["serviceAccountName"] == "sft-runner"
+    base = pod_spec(rendered("base"))
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "serviceAccountName"):
+        assert key not in base
+
+
+def test_volumes():
+    objs = rendered("base")
+    vols = {v["name"]: v for v in pod_spec(objs)["volumes"]}
+    assert vols["work"] == {"name": "work", "emptyDir": {"sizeLimit": "100Gi"}}
+    assert vols["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+    assert vols["run-config"]["configMap"]["name"] == objs[0]["metadata"]["name"]
+    for c in all_containers(objs):
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert mounts["/workspace"]["name"] == "work"
+        assert mounts["/dev/shm"]["name"] == "dshm"
+        assert mounts["/etc/sftjob"] == {"name": "run-config", "mountPath": "/etc/sftjob", "readOnly": True}
+    pvc = {v["name"]: v for v in pod_spec(rendered("pvc-work-volume"))["volumes"]}
+    assert pvc["work"] == {"name": "work", "persistentVolumeClaim": {"claimName": "sft-scratch"}}
+
+
+def test_pvc_locations_are_mounted_and_given_to_the_runtime_as_paths():
+    cm, job = rendered("pvc-locations")
+    rc = RunConfig.from_json(cm["data"][vocab.RUN_CONFIG_KEY])
+    assert rc.model.source == f"{PVC_MOUNT_ROOT}/models/llama-8b"
+    assert rc.dataset.train == f"{PVC_MOUNT_ROOT}/sft-data/chat/train.jsonl"
+    assert rc.dataset.validation == f"{PVC_MOUNT_ROOT}/sft-data/chat/val.jsonl"
+    assert rc.output.uri == f"{PVC_MOUNT_ROOT}/sft-out/llama"
+    claims = {v["persistentVolumeClaim"]["claimName"]: v for v in job["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert set(claims) == {"models", "sft-data", "sft-out"}
+    for c in all_containers([cm, job]):
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert mounts[f"{PVC_MOUNT_ROOT}/models"]["readOnly"] is True
+        assert mounts[f"{PVC_MOUNT_ROOT}/sft-data"]["readOnly"] is True
+        assert mounts[f"{PVC_MOUNT_ROOT}/sft-out"]["readOnly"] is False
+    assert claims["sft-out"]["persistentVolumeClaim"]["readOnly"] is False
+
+
+@pytest.mark.parametrize("uri", ["pvc://", "pvc:///path", "pvc://Bad_Claim/x"])
+def test_malformed_pvc_location_names_the_field(uri):
+    with pytest.raises(RenderError, match=r"spec\.dataset\.train"):
+        render(job_of(manifest(dataset={"train": uri, "validationSplit": 0.1})), CONFIG)
+
+
+# ---- environment and secrets ---------------------------------------------------------
+
+
+def env_of(c: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in c["env"]}
+
+
+def test_secrets_reach_the_pod_only_as_secret_key_refs():
+    cm, job = rendered("all-secrets")
+    for c in all_containers([cm, job]):
+        env = env_of(c)
+        assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+        assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "wandb-key", "key": "api-key"}}
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+            "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+            "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}
+        for name in ("HF_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert "value" not in env[name]
+    # The run config carries no secret references either: the runtime reads its environment.
+    text = cm["data"][vocab.RUN_CONFIG_KEY]
+    for secret in ("hf-token", "wandb-key", "s3-creds", "secretKeyRef", "SecretRef"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_env_var_from_a_secret_uses_secret_key_ref(variant):
+    secret_vars = {vocab.ENV_HF_TOKEN, vocab.ENV_WANDB_API_KEY, vocab.ENV_AWS_ACCESS_KEY_ID,
+                   vocab.ENV_AWS_SECRET_ACCESS_KEY}
+    for c in all_containers(rendered(variant)):
+        assert "envFrom" not in c
+        for e in c["env"]:
+            if e["name"] in secret_vars:
+                assert set(e) == {"name", "valueFrom"} and set(e["valueFrom"]) == {"secretKeyRef"}
+            else:
+                assert set(e) == {"name", "value"} and isinstance(e["value"], str)
+
+
+def test_environment():
+    env = env_of(container(rendered("base"), vocab.TRAIN_CONTAINER))
+    assert env["HF_HOME"]["value"] == "/workspace/.cache/huggingface"
+    assert env[vocab.ENV_PROGRESS_PORT]["value"] == str(CONFIG.progress_port)
+    assert "WANDB_MODE" not in env and "HF_TOKEN" not in env and "AWS_ACCESS_KEY_ID" not in env
+    assert env_of(container(rendered("all-secrets"), vocab.TRAIN_CONTAINER))["WANDB_MODE"]["value"] == "online"
+    keyless = manifest(monitoring={"reportTo": ["wandb"], "wandb": {"project": "p"}})
+    assert env_of(container(render(job_of(keyless), CONFIG), vocab.TRAIN_CONTAINER))["WANDB_MODE"]["value"] == "offline"
+    port = OperatorConfig(progress_port=9000)
+    train = container(render(job_of(manifest()), port), vocab.TRAIN_CONTAINER)
+    assert env_of(train)[vocab.ENV_PROGRESS_PORT]["value"] == "9000" and train["ports"][0]["containerPort"] == 9000
+
+
+# ---- the run config ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(v for v in VARIANTS if "pvc://" not in json.dumps(VARIANTS[v]["spec"])))
+def test_configmap_holds_the_run_config(variant):
+    """Without pvc:// locations the ConfigMap holds exactly the contract's run config."""
+    obj = VARIANTS[variant]
+    cm = render(job_of(copy.deepcopy(obj)), CONFIG)[0]
+    assert set(cm["data"]) == {vocab.RUN_CONFIG_KEY}
+    text = cm["data"][vocab.RUN_CONFIG_KEY]
+    assert text == RunConfig.from_sftjob(job_of(copy.deepcopy(obj))).to_json()
+    assert RunConfig.from_json(text).name == obj["metadata"]["name"]
+
+
+def test_render_does_not_import_kubernetes_clients():
+    code = (
+        "import sys, sftjob_operator.render\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes', 'aiohttp', 'torch'))\n"
+        "print(heavy)\n"
+        "sys.exit(1 if heavy else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
