@@ -259,7 +259,7 @@ def test_unreadable_parquet_file():
         ({"messages": []}, "empty conversation"),
         ({"messages": [USER, {"role": "assistant", "content": ["x"]}]},
          "messages[1].content must be a string (got a list)"),
-        ({"messages": [USER, {"role": "assistant"}]}, "messages[1].content must be a string (got missing)"),
+        ({"messages": [USER, {"role": "assistant"}]}, "messages[1].content must be a string (it is missing)"),
         ({"messages": [{"content": "x"}, ASSISTANT]}, 'messages[0] has no "role"'),
         ({"messages": ["hi", ASSISTANT]},
          'messages[0] must be an object with "role" and "content", got a string'),

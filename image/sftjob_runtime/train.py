@@ -208,10 +208,17 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
         data_seed=r.seed,
         report_to=report_to,
         dataloader_num_workers=0,
+        dataloader_pin_memory=_cuda_available(),  # pinning without a GPU only warns
         remove_unused_columns=True,
         disable_tqdm=False,
         dataset_num_proc=None,
     )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def generate_sample(model, tokenizer, messages: list[dict]) -> str:

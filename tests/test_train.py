@@ -1,0 +1,218 @@
+"""Real TRL training on CPU with a tiny random Llama (the demo tokenizer and chat template).
+
+What users care about: the checkpoint with the lowest eval loss is the one
+that ends up in the output directory and reloads; TensorBoard has train
+loss, eval loss, learning rate and grad norm; the report says what was
+chosen; failures are one line with a typed reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sftjob.report import Outcome
+from tests.support.models import demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "examples" / "data"
+
+
+def write_job(tmp: Path, model: Path, *, name="tiny", train_rows=48, val_rows=12, training=None, sanity=False, extra=None) -> Path:
+    """A manifest for a short local run on a slice of the quickstart data."""
+    train = (DATA / "quickstart-train.jsonl").read_text().splitlines()[:train_rows]
+    val = (DATA / "quickstart-val.jsonl").read_text().splitlines()[:val_rows]
+    (tmp / "train.jsonl").write_text("\n".join(train) + "\n")
+    (tmp / "val.jsonl").write_text("\n".join(val) + "\n")
+    spec = {
+        "model": {"source": str(model)},
+        "dataset": {"train": "train.jsonl", "validation": "val.jsonl"},
+        "training": {"maxSteps": 12, "learningRate": 3e-3, "perDeviceBatchSize": 4, "effectiveBatchSize": 4,
+                     "evalSteps": 2, "saveSteps": 2, "saveTotalLimit": 2, "loggingSteps": 1, "maxSeqLength": 256,
+                     **(training or {})},
+        "sanityCheck": {"enabled": sanity, "steps": 4, "samples": 16},
+        "resources": {"gpus": 0},
+        "output": {"uri": str(tmp / "export")},
+        "monitoring": {"reportTo": ["tensorboard"]},
+        **(extra or {}),
+    }
+    path = tmp / "job.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "sftjob.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": name}, "spec": spec}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):  # noqa: F811
+    """One real run, shared by the assertions below."""
+    from sftjob_runtime.entrypoint import run
+
+    tmp = tmp_path_factory.mktemp("train")
+    job = write_job(tmp, tiny_model_dir)
+    termination = tmp / "termination-log"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SFTJOB_TERMINATION_LOG", str(termination))
+    try:
+        rc = run(str(job), output_dir=str(tmp / "work"))
+    finally:
+        mp.undo()
+    assert rc == 0
+    return tmp, json.loads((tmp / "work" / "report.json").read_text()), termination
+
+
+def eval_history(work: Path) -> dict[int, float]:
+    """step -> eval_loss from the trainer state of the newest checkpoint."""
+    ckpts = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+    return {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
+
+
+def test_best_checkpoint_is_the_lowest_eval_loss_and_is_what_is_exported(trained):
+    from safetensors.torch import load_file
+
+    tmp, report, _ = trained
+    work = tmp / "work"
+    history = eval_history(work)
+    assert len(history) >= 5
+    best_step = min(history, key=history.get)
+    assert report["best_step"] == best_step
+    assert report["best_eval_loss"] == pytest.approx(history[best_step], rel=1e-6)
+    # The weights in best/ are those of that checkpoint (not simply the last step).
+    best = load_file(str(work / "best" / "model.safetensors"))
+    ckpt = load_file(str(work / "checkpoints" / f"checkpoint-{best_step}" / "model.safetensors"))
+    assert best.keys() == ckpt.keys()
+    assert all((best[k] == ckpt[k]).all() for k in best)
+    # ...and the exported copy is byte-identical, with the manifest as completion marker.
+    manifest = json.loads((tmp / "export" / "sftjob-manifest.json").read_text())
+    names = {f["path"] for f in manifest["files"]}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
+    assert (tmp / "export" / "model.safetensors").read_bytes() == (work / "best" / "model.safetensors").read_bytes()
+
+
+def test_eval_loss_improves_and_report_is_complete(trained):
+    _, report, _ = trained
+    assert report["eval_loss_after"] < report["eval_loss_before"]
+    assert report["resolved"]["gradientAccumulationSteps"] == 1
+    assert report["resolved"]["origin"]["learningRate"] == "spec"
+    assert report["resolved"]["origin"]["warmupRatio"].startswith("default:")
+    assert report["resolved"]["dtype"] in ("float32", "bfloat16")
+    assert report["data"]["trainRows"] == 48 and report["data"]["validationRows"] == 12
+    assert report["tokens_seen"] > 12 * 4 * 50
+    assert report["sample_after"] is not None
+
+
+def test_best_model_reloads_with_its_chat_template(trained):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp, _, _ = trained
+    best = tmp / "work" / "best"
+    model = AutoModelForCausalLM.from_pretrained(best)
+    tok = AutoTokenizer.from_pretrained(best)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 3
+    assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+
+
+def test_tensorboard_has_the_recipe_metrics(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp, _, _ = trained
+    files = list((tmp / "work" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert files, "no TensorBoard event file written"
+    tags = set()
+    for f in files:
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/loss", "eval/loss", "train/learning_rate", "train/grad_norm"} <= tags
+
+
+def test_termination_message_carries_the_outcome(trained):
+    tmp, report, termination = trained
+    text = termination.read_text()
+    assert len(text.encode()) <= 4096
+    outcome = Outcome.from_termination_message(text)
+    assert outcome.ok and outcome.bestCheckpoint.step == report["best_step"]
+    assert outcome.bestCheckpoint.uri == f"file://{tmp / 'export'}"
+    assert outcome.resolved["effectiveBatchSize"] == 4
+
+
+def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
+    """A pod killed mid-run finds its checkpoints on the work volume and continues (here: to a higher maxSteps)."""
+    import shutil
+
+    from sftjob_runtime.entrypoint import run
+
+    tmp, _, _ = trained
+    work = tmp_path / "work"
+    shutil.copytree(tmp / "work" / "checkpoints", work / "checkpoints")
+    job = write_job(tmp_path, Path(yaml.safe_load((tmp / "job.yaml").read_text())["spec"]["model"]["source"]),
+                    training={"maxSteps": 14})
+    assert run(str(job), output_dir=str(work)) == 0
+    report = json.loads((work / "report.json").read_text())
+    assert report["resumed_from"].endswith("checkpoint-12")
+    assert report["steps"] == 14
+
+
+def run_cli(*args, env_extra=None, timeout=300) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "sftjob.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_malformed_data_fails_with_file_line_and_reason(tiny_model_dir, tmp_path):  # noqa: F811
+    job = write_job(tmp_path, tiny_model_dir)
+    with (tmp_path / "train.jsonl").open("a") as f:
+        f.write('{"messages": [{"role": "user", "content": "no answer"}]}\n{not json}\n')
+    term = tmp_path / "term"
+    r = run_cli("run", str(job), "--output", str(tmp_path / "work"), env_extra={"SFTJOB_TERMINATION_LOG": str(term)})
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "train.jsonl:49: no assistant turn" in r.stderr
+    assert "train.jsonl:50: invalid JSON" in r.stderr
+    outcome = Outcome.from_termination_message(term.read_text())
+    assert not outcome.ok and outcome.reason == "DatasetSchema"
+
+
+def test_unknown_preset_is_a_chat_template_error(tiny_model_dir, tmp_path):  # noqa: F811
+    job = write_job(tmp_path, tiny_model_dir, extra={})
+    spec = yaml.safe_load(job.read_text())
+    spec["spec"]["model"]["chatTemplate"] = "vicuna"
+    job.write_text(yaml.safe_dump(spec))
+    r = run_cli("preview", str(job))
+    assert r.returncode == 2
+    assert "spec.model.chatTemplate: unknown preset 'vicuna'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_preview_json_shows_trained_spans(tiny_model_dir, tmp_path):  # noqa: F811
+    job = write_job(tmp_path, tiny_model_dir, training={"maxSeqLength": 60})
+    r = run_cli("preview", str(job), "-n", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["index"] for row in rows] == [0, 1, 2]
+    first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
+    answer = first["messages"][-1]["content"]
+    for row in rows:
+        assert {"index", "num_tokens", "num_trained_tokens", "truncated", "trained_text"} <= row.keys()
+        assert row["num_tokens"] <= 60
+    # maxSeqLength 60 cuts these ~90-token rows inside the answer: reported, and only the kept part is trained.
+    assert rows[0]["truncated"] is True
+    assert len(rows[0]["trained_text"]) == 1 and answer.startswith(rows[0]["trained_text"][0])
+    full = run_cli("preview", str(write_job(tmp_path, tiny_model_dir)), "-n", "1", "--json")
+    assert json.loads(full.stdout)[0]["trained_text"] == [answer + "<|im_end|>"]
+
+
+def test_sanity_fails_when_every_row_is_masked(tiny_model_dir, tmp_path):  # noqa: F811
+    # maxSeqLength 20 ends every row before its assistant turn starts: nothing to train on.
+    job = write_job(tmp_path, tiny_model_dir, training={"maxSeqLength": 20}, sanity=True)
+    r = run_cli("sanity", str(job), "--json")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "no training row has a token to train on" in r.stderr
