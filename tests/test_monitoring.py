@@ -13,12 +13,28 @@ from sftjob_runtime.callbacks import MonitorCallback, TokenCounter
 from sftjob_runtime.progress_server import ProgressServer, ProgressState
 
 
+@pytest.fixture(autouse=True)
+def _real_clock_afterwards():
+    import time
+
+    import sftjob_runtime.callbacks as callbacks
+
+    yield
+    callbacks.time = time
+
+
 class Args(SimpleNamespace):
     def get_warmup_steps(self, total):
         return int(total * self.warmup)
 
 
-def feed(logs_by_step, warmup=0.0, max_steps=100):
+def feed(logs_by_step, warmup=0.0, max_steps=100, seconds_per_log=None):
+    """Play logs into the callback on a fake clock: 1 s and 1000 tokens per log unless told otherwise."""
+    import sftjob_runtime.callbacks as callbacks
+
+    clock = [0.0]
+    callbacks.time = SimpleNamespace(monotonic=lambda: clock[0])
+    seconds = seconds_per_log or {}
     state = ProgressState()
     cb = MonitorCallback(state, TokenCounter())
     trainer_state = SimpleNamespace(max_steps=max_steps, global_step=0, epoch=0.0, best_metric=None, best_model_checkpoint=None)
@@ -27,6 +43,7 @@ def feed(logs_by_step, warmup=0.0, max_steps=100):
     cb.on_train_begin(args, trainer_state, control)
     for step, logs in logs_by_step:
         trainer_state.global_step = step
+        clock[0] += seconds.get(step, 1.0)
         cb.tokens.tokens += 1000
         cb.on_log(args, trainer_state, control, logs=logs)
         if "eval_loss" in logs:
@@ -58,6 +75,12 @@ def test_spike_and_grad_norm_signs():
     logs += [(6, {"loss": 5.0, "grad_norm": 50.0}), (7, {"loss": 1.0, "grad_norm": 1e-8})]
     p, _, _ = feed(logs)
     assert kinds(p) == ["loss_spike", "grad_norm_high", "grad_norm_low"]
+
+
+def test_throughput_drop_is_a_warning():
+    logs = [(s, {"loss": 1.0, "grad_norm": 1.0}) for s in range(1, 7)]
+    p, _, _ = feed(logs, seconds_per_log={6: 4.0})
+    assert kinds(p) == ["throughput_drop"] and p.tokensPerSecond == 250.0
 
 
 def test_high_grad_norm_during_warmup_is_not_a_warning():
