@@ -69,3 +69,4 @@ def test_attention_and_checkpointing_defaults():
     assert choose_checkpointing(None, CPU) is False
     assert choose_checkpointing(None, A100) is True
     assert choose_checkpointing(False, A100) is False
+

@@ -101,12 +101,42 @@ def model_error(source: str, e: Exception) -> RuntimeFailure:
     )
 
 
+def _inputs_dir() -> Path:
+    from sftjob_runtime.demo_model import cache_root
+
+    return cache_root() / "inputs"
+
+
+def localize_data(cfg: RunConfig, uri: str, field: str, base: Path | None) -> str:
+    """A local path for a data location (s3:// objects are downloaded to the cache once)."""
+    if uri.startswith("s3://"):
+        from sftjob_runtime.sources import fetch_s3_file
+
+        return fetch_s3_file(uri, _inputs_dir(), field=field, endpoint=cfg.output.endpoint, region=cfg.output.region)
+    return resolve_path(uri, base)
+
+
+def localize_model(cfg: RunConfig, base: Path | None) -> str:
+    """A local directory or hub id for spec.model.source (s3:// prefixes are downloaded once)."""
+    if cfg.model.source.startswith("s3://"):
+        from sftjob_runtime.sources import fetch_s3_prefix
+
+        return fetch_s3_prefix(cfg.model.source, _inputs_dir(), field="spec.model.source",
+                               endpoint=cfg.output.endpoint, region=cfg.output.region)
+    src = cfg.model.source
+    local = resolve_path(src, base)
+    if Path(local).exists() or src.startswith(("/", ".", "~", "file://")):
+        return local
+    return src  # a hub id (org/name): transformers downloads it
+
+
 def load_splits(cfg: RunConfig, base: Path | None = None) -> tuple[list[Example], list[Example]]:
     """Training and validation conversations (validation may be empty when output.keep is last)."""
     try:
-        train = load_examples(resolve_path(cfg.dataset.train, base), format=cfg.dataset.format)
+        train = load_examples(localize_data(cfg, cfg.dataset.train, "spec.dataset.train", base), format=cfg.dataset.format)
         if cfg.dataset.validation:
-            val = load_examples(resolve_path(cfg.dataset.validation, base), format=cfg.dataset.format)
+            val_path = localize_data(cfg, cfg.dataset.validation, "spec.dataset.validation", base)
+            val = load_examples(val_path, format=cfg.dataset.format)
         elif cfg.dataset.validationSplit:
             train, val = split_validation(train, cfg.dataset.validationSplit, cfg.training.seed)
         else:

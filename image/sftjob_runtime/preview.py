@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from sftjob.runconfig import load_run_config
-from sftjob_runtime.prepare import load_splits, load_tokenizer, resolve_path, tokenize_split
+from sftjob_runtime.prepare import load_splits, load_tokenizer, localize_model, tokenize_split
 
 
 def preview_rows(file: str, n: int = 3) -> list[dict]:
@@ -23,7 +23,7 @@ def preview_rows(file: str, n: int = 3) -> list[dict]:
 
     cfg = load_run_config(file)
     base = Path(file).resolve().parent
-    tokenizer, masker = load_tokenizer(cfg, resolve_path(cfg.model.source, base))
+    tokenizer, masker = load_tokenizer(cfg, localize_model(cfg, base))
     train, _ = load_splits(cfg, base)
     split = tokenize_split(masker, train[: max(n, 0)], cfg.training.maxSeqLength)
     out = []

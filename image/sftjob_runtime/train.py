@@ -24,7 +24,7 @@ from sftjob_runtime.callbacks import MonitorCallback, TokenCounter
 from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.events import emit
 from sftjob_runtime.hparams import Resolved, count_parameters, plan_steps, resolve
-from sftjob_runtime.prepare import PreparedSplit, hf_token, load_splits, load_tokenizer, model_error, resolve_path, tokenize_split
+from sftjob_runtime.prepare import PreparedSplit, hf_token, load_splits, load_tokenizer, localize_model, model_error, tokenize_split
 from sftjob_runtime.progress_server import ProgressState
 
 SAMPLE_MAX_NEW_TOKENS = 64
@@ -265,7 +265,7 @@ def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
     hw = hw_mod.detect_hardware()
     dtype = hw_mod.choose_dtype(cfg.model.dtype, hw)
     attention = hw_mod.choose_attention(cfg.model.attention, hw, dtype)
-    model_path = resolve_path(cfg.model.source, base)
+    model_path = localize_model(cfg, base)
     tokenizer, masker = load_tokenizer(cfg, model_path)
     train_ex, val_ex = load_splits(cfg, base)
     train = tokenize_split(masker, train_ex, cfg.training.maxSeqLength)

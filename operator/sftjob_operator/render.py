@@ -323,6 +323,8 @@ def _env(job: SFTJob, config: OperatorConfig) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
         {"name": "HF_HOME", "value": HF_HOME},
+        # Inputs fetched from S3 (data files, model prefixes) land on the work volume, not in /tmp.
+        {"name": "SFTJOB_CACHE_DIR", "value": f"{vocab.WORK_DIR}/.cache/sftjob"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": vocab.ENV_PROGRESS_PORT, "value": str(config.progress_port)},
         {"name": vocab.ENV_TERMINATION_LOG, "value": vocab.TERMINATION_LOG},

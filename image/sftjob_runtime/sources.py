@@ -1,0 +1,85 @@
+"""Bring remote inputs to local paths: s3:// data files and model prefixes.
+
+The data loader and transformers read local files; this module is the
+one place that knows other schemes. S3 access uses the job's S3 endpoint
+and region (spec.output.endpoint/region) and the credentials in the
+environment (or the pod's identity). Hub ids pass through untouched:
+transformers fetches them itself. pvc:// paths never arrive here: the
+operator mounts the claim and rewrites them to plain paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftjob.vocabulary import ExitCode, Reason
+from sftjob_runtime.errors import RuntimeFailure
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """s3://bucket/key → (bucket, key)."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def _client(endpoint: str | None, region: str | None):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None)
+
+
+def fetch_s3_file(uri: str, dest_dir: Path, *, field: str, endpoint: str | None = None, region: str | None = None) -> str:
+    """Download one object (skipped when a same-size copy is already there); returns the local path."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    dest = dest_dir / bucket / key
+    try:
+        client = _client(endpoint, region)
+        size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        if not (dest.is_file() and dest.stat().st_size == size):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".partial")
+            client.download_file(bucket, key, str(tmp))
+            tmp.replace(dest)
+    except (ClientError, BotoCoreError) as e:
+        raise RuntimeFailure(Reason.DATASET_NOT_FOUND, f"{field}: cannot read {uri} ({_brief(e)})", ExitCode.DATASET) from None
+    return str(dest)
+
+
+def fetch_s3_prefix(uri: str, dest_dir: Path, *, field: str, endpoint: str | None = None, region: str | None = None) -> str:
+    """Download every object under a prefix (a model directory); returns the local directory."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    root = dest_dir / bucket / prefix
+    try:
+        client = _client(endpoint, region)
+        found = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix):]
+                if not rel or rel.endswith("/"):
+                    continue
+                found += 1
+                dest = root / rel
+                if dest.is_file() and dest.stat().st_size == obj["Size"]:
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(dest.name + ".partial")
+                client.download_file(bucket, obj["Key"], str(tmp))
+                tmp.replace(dest)
+    except (ClientError, BotoCoreError) as e:
+        raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"{field}: cannot read {uri} ({_brief(e)})", ExitCode.MODEL) from None
+    if not found:
+        raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"{field}: no objects under {uri}", ExitCode.MODEL)
+    return str(root)
+
+
+def _brief(e: Exception) -> str:
+    """The error code and message, never request details (which can carry signed URLs)."""
+    err = getattr(e, "response", {}).get("Error", {}) if hasattr(e, "response") else {}
+    if err:
+        return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip(": ")
+    return type(e).__name__

@@ -1,0 +1,94 @@
+"""Inputs from S3 (moto over HTTP) and model sources: hub ids pass through, paths resolve, s3:// downloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sftjob.runconfig import RunConfig, RunModel, RunOutput
+from sftjob.spec import DatasetSpec
+from sftjob_runtime.errors import RuntimeFailure
+from sftjob_runtime.prepare import load_splits, localize_model
+from tests.support.models import demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
+from tests.support.s3 import s3_env, s3_server  # noqa: F401 (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg(source="m", train="t.jsonl", validation=None, endpoint=None) -> RunConfig:
+    return RunConfig(name="x", model=RunModel(source=source), dataset=DatasetSpec(train=train, validation=validation),
+                     output=RunOutput(uri="/o", endpoint=endpoint))
+
+
+def test_model_source_kinds(tmp_path):
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    assert localize_model(cfg("meta-llama/Llama-3.1-8B-Instruct"), tmp_path) == "meta-llama/Llama-3.1-8B-Instruct"
+    assert localize_model(cfg("models/m"), tmp_path) == str(tmp_path / "models" / "m")
+    assert localize_model(cfg("file:///abs/m"), tmp_path) == "/abs/m"
+    assert localize_model(cfg("./missing"), tmp_path) == str(tmp_path / "missing")
+
+
+def test_data_and_model_come_from_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
+    bucket = s3_server.bucket("inputs")
+    client = s3_server.client()
+    data = ROOT / "examples" / "data"
+    client.upload_file(str(data / "quickstart-train.jsonl"), bucket, "d/train.jsonl")
+    client.upload_file(str(data / "quickstart-val.jsonl"), bucket, "d/val.jsonl")
+    for f in Path(tiny_model_dir).iterdir():
+        client.upload_file(str(f), bucket, f"models/tiny/{f.name}")
+    c = cfg(f"s3://{bucket}/models/tiny", f"s3://{bucket}/d/train.jsonl", f"s3://{bucket}/d/val.jsonl", s3_server.endpoint)
+    train, val = load_splits(c)
+    assert (len(train), len(val)) == (300, 40)
+    assert train[0].source.endswith("d/train.jsonl:1")
+    local = Path(localize_model(c, None))
+    assert {p.name for p in local.iterdir()} == {p.name for p in Path(tiny_model_dir).iterdir()}
+    assert (local / "model.safetensors").read_bytes() == (Path(tiny_model_dir) / "model.safetensors").read_bytes()
+
+
+def test_missing_s3_object_is_one_line_naming_the_field(s3_server, s3_env, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
+    bucket = s3_server.bucket("inputs")
+    with pytest.raises(RuntimeFailure) as e:
+        load_splits(cfg(train=f"s3://{bucket}/nope.jsonl", endpoint=s3_server.endpoint))
+    msg = str(e.value)
+    assert msg.startswith(f"spec.dataset.train: cannot read s3://{bucket}/nope.jsonl") and "\n" not in msg
+    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in msg
+    with pytest.raises(RuntimeFailure, match="spec.model.source: no objects under"):
+        localize_model(cfg(f"s3://{bucket}/no-model", endpoint=s3_server.endpoint), None)
+
+
+def test_run_reads_from_and_exports_to_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    """The whole local run against S3: data in, best checkpoint out, manifest last."""
+    import yaml
+
+    from sftjob_runtime.entrypoint import run
+
+    monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
+    bucket = s3_server.bucket("sft")
+    client = s3_server.client()
+    data = ROOT / "examples" / "data"
+    lines = (data / "quickstart-train.jsonl").read_text().splitlines()[:24]
+    client.put_object(Bucket=bucket, Key="d/train.jsonl", Body="\n".join(lines).encode())
+    client.upload_file(str(data / "quickstart-val.jsonl"), bucket, "d/val.jsonl")
+    job = {
+        "apiVersion": "sftjob.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": "s3-run"},
+        "spec": {
+            "model": {"source": str(tiny_model_dir)},
+            "dataset": {"train": f"s3://{bucket}/d/train.jsonl", "validation": f"s3://{bucket}/d/val.jsonl"},
+            "training": {"maxSteps": 4, "perDeviceBatchSize": 4, "effectiveBatchSize": 4, "evalSteps": 2, "learningRate": 1e-3},
+            "sanityCheck": {"enabled": False}, "resources": {"gpus": 0},
+            "output": {"uri": f"s3://{bucket}/out/s3-run", "endpoint": s3_server.endpoint},
+            "monitoring": {"reportTo": []},
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert run(str(path), output_dir=str(tmp_path / "work")) == 0
+    manifest = json.loads(client.get_object(Bucket=bucket, Key="out/s3-run/sftjob-manifest.json")["Body"].read())
+    weights = client.get_object(Bucket=bucket, Key="out/s3-run/model.safetensors")["Body"].read()
+    assert weights == (tmp_path / "work" / "best" / "model.safetensors").read_bytes()
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= {f["path"] for f in manifest["files"]}
+    assert manifest["name"] == "s3-run"
