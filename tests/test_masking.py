@@ -369,3 +369,25 @@ def test_end_of_turn_warning_when_marker_is_not_one_token(tokenizer):
     assert end_of_turn_warning(tokenizer, "<|im_end|>") is None
     warning = end_of_turn_warning(tokenizer, "<|eot_id|>")
     assert warning is not None and "'<|eot_id|>'" in warning
+
+
+@pytest.mark.parametrize("template", [None, "chatml", "llama3", "mistral", "gemma"], ids=str)
+def test_both_data_formats_from_files_train_only_the_answers(tokenizer, template, tmp_path):
+    """From the data files users write, through the loader, to the labels: messages and prompt-completion rows."""
+    import json
+
+    from sftjob_runtime.data import load_examples
+
+    (tmp_path / "messages.jsonl").write_text(json.dumps({"messages": WITH_SYSTEM}) + "\n")
+    (tmp_path / "pc.jsonl").write_text(json.dumps({
+        "system": "You answer in one short sentence.",
+        "prompt": "What is the capital of France?",
+        "completion": "Paris is the capital of France.",
+    }) + "\n")
+    masker = ConversationMasker(tokenizer, resolve_chat_template(tokenizer, template))
+    straddle = template in ("llama3", "gemma")
+    for name in ("messages.jsonl", "pc.jsonl"):
+        (example,) = load_examples(tmp_path / name)
+        row = masker.tokenize(example.messages, max_length=None)
+        assert_trained_exactly(row, tokenizer, expected_answers(template, tokenizer, example.messages), straddle=straddle)
+        assert "You answer in one short sentence." in row.text  # the system prompt is rendered, not trained
