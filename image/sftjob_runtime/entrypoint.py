@@ -34,6 +34,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # weight-loading bars; the training bar is the Trainer's own
     import datasets
 
     # Per-map progress bars for a few hundred rows are noise next to the training bar.

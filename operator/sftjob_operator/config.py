@@ -21,6 +21,10 @@ class OperatorConfig(BaseModel):
     image: str = Field(default=DEFAULT_IMAGE, description="Default training image (spec.image overrides it).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent")
     namespaces: tuple[str, ...] = Field(default=(), description="Namespaces to watch; empty means all (cluster mode).")
+    disable_scanning: bool = Field(
+        default=False,
+        description="Skip kopf's scanning of CRDs and namespaces (always skipped when namespaces are listed).",
+    )
     progress_port: int = Field(default=PROGRESS_PORT, ge=1, le=65535, description="Port of the runtime's progress endpoint.")
     progress_poll_seconds: float = Field(default=15.0, gt=0, description="How often a running job's progress is polled.")
     progress_timeout_seconds: float = Field(default=3.0, gt=0, description="Timeout of one progress request.")
