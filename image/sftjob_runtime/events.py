@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -15,8 +16,17 @@ logger = logging.getLogger("sftjob")
 PREFIX = "sftjob-event "
 
 
+def _verbose() -> bool:
+    """Info events go to logs (pods, CI, files); on an interactive terminal the progress bar says enough."""
+    setting = os.environ.get("SFTJOB_EVENTS", "auto")
+    if setting == "auto":
+        return not sys.stderr.isatty()
+    return setting == "all"
+
+
 def emit(event: str, level: str = "info", **fields) -> dict:
-    """Write one structured event and return it."""
+    """Write one structured event (warnings always; info events unless on a terminal) and return it."""
     record = {"ts": round(time.time(), 3), "level": level, "event": event, **fields}
-    print(PREFIX + json.dumps(record, default=str), file=sys.stderr, flush=True)
+    if level != "info" or _verbose():
+        print(PREFIX + json.dumps(record, default=str), file=sys.stderr, flush=True)
     return record
