@@ -107,7 +107,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     """Run the operator (what the Helm chart's Deployment runs)."""
     from sftjob_operator.main import run_operator
 
-    return run_operator(args.kopf_args)
+    return run_operator(args.operator_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,15 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", metavar="DIR", help="target directory (default: ~/.cache/sftjob/demo-model)")
     p.set_defaults(func=cmd_demo_model)
 
-    p = sub.add_parser("operator", help="run the Kubernetes operator")
-    p.add_argument("kopf_args", nargs=argparse.REMAINDER, help="extra arguments passed to kopf run")
+    # The operator parses its own options (`sftjob operator --help`); everything after the word goes there.
+    p = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
     p.set_defaults(func=cmd_operator)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sftjob` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["operator"]:
+        args = argparse.Namespace(func=cmd_operator, operator_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

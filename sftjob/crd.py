@@ -35,6 +35,7 @@ SINGULAR = KIND.lower()
 SHORT_NAMES = ["sft"]
 CATEGORIES = ["ml"]
 CRD_FILE = Path("crds") / f"{API_GROUP}_{PLURAL}.yaml"
+CHART_CRD_FILE = Path("charts/sftjob/files/crds/sftjob.dev_sftjobs.yaml")
 REFERENCE_FILE = Path("docs") / "sftjob-reference.md"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -496,11 +497,13 @@ def reference_markdown(crd: dict | None = None) -> str:
 def generated_files(root: Path = REPO_ROOT) -> dict[Path, str]:
     """Every generated file, by absolute path, with its expected content."""
     crd = build_crd()
-    return {root / CRD_FILE: crd_yaml(crd), root / REFERENCE_FILE: reference_markdown(crd)}
+    text = crd_yaml(crd)
+    # The Helm chart cannot read files outside its folder, so it carries a byte-identical copy.
+    return {root / CRD_FILE: text, root / CHART_CRD_FILE: text, root / REFERENCE_FILE: reference_markdown(crd)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write (or with --check, verify) crds/sftjob.dev_sftjobs.yaml and docs/sftjob-reference.md."""
+    """Write (or with --check, verify) the CRD, the Helm chart's copy of it and docs/sftjob-reference.md."""
     parser = argparse.ArgumentParser(prog="python -m sftjob.crd", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: this checkout)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a generated file is missing or stale")

@@ -1,0 +1,161 @@
+"""Starting an SFTJob: validate, render, create the ConfigMap and the Job, report the first status.
+
+Idempotent by construction, so kopf may run it again at any point (a retry,
+or a restart after the operator was killed inside the handler): child names
+are deterministic (`<name>-run-config`, `<name>-sft`), and "409 already
+exists" for a child that this SFTJob owns counts as created. A child with
+the same name that belongs to someone else is never adopted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from sftjob.manifest import ManifestError, parse_sftjob
+from sftjob.vocabulary import Reason
+
+from sftjob_operator.config import OperatorConfig
+from sftjob_operator.events import EventPoster
+from sftjob_operator.kube import ApiError, KubeClient
+from sftjob_operator.metrics import Metrics
+from sftjob_operator.render import RenderError, render
+from sftjob_operator.status import compute_status, invalid_spec_status
+
+
+class ChildConflict(Exception):
+    """A child's name is taken by an object this SFTJob does not own."""
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain-dict copy of what parse_sftjob reads (kopf bodies are read-only views)."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation", "labels") if k in meta},
+        "spec": _thaw(body.get("spec")),
+    }
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+async def ensure_child(kube: KubeClient, manifest: Mapping[str, Any], owner_uid: str | None, logger: logging.Logger) -> bool:
+    """Create one child; True if created now, False if this SFTJob's child already existed.
+
+    Raises ChildConflict for a name held by an unrelated object, and
+    kopf.TemporaryError when waiting can help (API trouble, the garbage
+    collector still deleting a previous SFTJob's child of the same name).
+    """
+    kind, name = manifest["kind"], manifest["metadata"]["name"]
+    namespace = manifest["metadata"].get("namespace")
+    try:
+        await kube.create(manifest)
+        return True
+    except ApiError as e:
+        if e.status != 409:
+            if e.status in (400, 422):
+                raise ChildConflict(f"the API server rejected {kind} {name}: {e.message}") from None
+            raise kopf.TemporaryError(f"creating {kind} {name} failed ({e}); retrying", delay=10 if e.status == 403 else 2) from None
+    existing = await kube.get(manifest["apiVersion"], kind, namespace, name)
+    if existing is None:
+        raise kopf.TemporaryError(f"{kind} {name} existed a moment ago and is gone now; retrying", delay=1)
+    if owner_uid and _owned_by(existing, owner_uid):
+        logger.info("%s %s already exists and belongs to this SFTJob: nothing to create", kind, name)
+        return False
+    owners = (existing.get("metadata") or {}).get("ownerReferences") or []
+    if any(ref.get("kind") == "SFTJob" for ref in owners):
+        raise kopf.TemporaryError(
+            f"{kind} {name} still belongs to an earlier SFTJob of the same name; waiting for the garbage collector",
+            delay=5,
+        )
+    raise ChildConflict(
+        f"{kind} {name} already exists in namespace {namespace} and does not belong to this SFTJob. "
+        "Rename the SFTJob (metadata.name) or delete that object, then apply the SFTJob again."
+    )
+
+
+def _age_seconds(body: Mapping[str, Any]) -> float | None:
+    created = (body.get("metadata") or {}).get("creationTimestamp")
+    if not created:
+        return None
+    try:
+        then = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
+
+
+async def start_sftjob(
+    body: Mapping[str, Any],
+    kube: KubeClient,
+    config: OperatorConfig,
+    metrics: Metrics,
+    events: EventPoster,
+    logger: logging.Logger,
+) -> dict[str, Any]:
+    """Validate, render and create the children of an SFTJob; return the status to write.
+
+    An invalid spec yields phase Failed with a Failed/InvalidSpec condition
+    naming each bad field, and creates nothing.
+    """
+    obj = _plain(body)
+    generation = obj["metadata"].get("generation")
+    try:
+        sftjob = parse_sftjob(obj, source="")
+        manifests = render(sftjob, config)
+    except ManifestError as e:
+        return _invalid(body, e.errors, generation, events, logger)
+    except RenderError as e:
+        return _invalid(body, [str(e)], generation, events, logger)
+
+    uid = obj["metadata"].get("uid")
+    # Both at once: the Job does not need its ConfigMap to exist yet (the kubelet waits
+    # for the volume's source), and one round trip less is the create->Job latency users see.
+    results = await asyncio.gather(*(ensure_child(kube, m, uid, logger) for m in manifests), return_exceptions=True)
+    for result in results:
+        if isinstance(result, ChildConflict):
+            return _invalid(body, [str(result)], generation, events, logger)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    children = ", ".join(f"{m['kind']} {m['metadata']['name']}" for m in manifests)
+
+    job = next(m for m in manifests if m["kind"] == "Job")
+    job_name = job["metadata"]["name"]
+    status = compute_status({}, job, [], None, suspend=sftjob.spec.suspend)
+    status.update(jobName=job_name, observedGeneration=generation)
+    if all(results):  # all created by this run (not a retry after a lost answer or a restart)
+        age = _age_seconds(body)
+        if age is not None and age >= 0:
+            metrics.job_creation_latency.observe(age)
+    # Posted by the run that sets status.jobName: runs that failed before did not get
+    # here, and none runs after (only a crash between here and kopf's patch repeats it).
+    events.post(body, "Normal", Reason.CREATED.value, f"Created {children}.")
+    logger.info("created %s", children)
+    return status
+
+
+def _invalid(
+    body: Mapping[str, Any], errors: list[str], generation: int | None, events: EventPoster, logger: logging.Logger
+) -> dict[str, Any]:
+    status = invalid_spec_status(errors, generation)
+    message = status["conditions"][0]["message"]
+    logger.warning("not starting: %s", message)
+    events.post(body, "Warning", Reason.INVALID_SPEC.value, message)
+    return status
+

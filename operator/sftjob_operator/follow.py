@@ -1,0 +1,426 @@
+"""Following started SFTJobs: their Job, Pods and progress, written into SFTJob status.
+
+Level-triggered: any event of an SFTJob, of its Job or of one of its Pods
+(and each progress poll) recomputes the whole status with the pure
+`status.compute_status` from the latest known state of all three, and
+writes only the difference. A lost or reordered event therefore costs
+nothing; the next one brings status up to date.
+
+The latest state comes from kopf indexes (`handlers.py` declares them):
+kopf fills them from its watch streams, and holds every handler back until
+the initial listing of each is complete, so after a restart status is never
+computed from a half-known world.
+
+Progress is polled by one loop for all SFTJobs (`poll_forever`), not a
+kopf timer per SFTJob: a kopf timer puts a finalizer on its object while it
+runs, which cost four extra API requests per lifecycle (kopf's optimistic
+finalizer patches race the status writes) and blocks deleting a running
+SFTJob whenever the operator is down. The loop needs no finalizer: it only
+reads the in-memory view and stops polling an SFTJob the moment it is gone.
+
+Once an SFTJob has `status.jobName` (written by the create handler through
+kopf's patch), this follower is the only writer of its status, so it trusts
+the status it wrote last over the watched copy, which lags behind its own
+writes by one round trip. One asyncio lock per SFTJob serializes the work
+for one SFTJob; different SFTJobs proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+from sftjob.manifest import API_VERSION_FULL
+from sftjob.report import Progress
+from sftjob.spec import KIND
+from sftjob.vocabulary import TERMINAL_PHASES, ConditionType, Phase, Reason
+
+from sftjob_operator.config import OperatorConfig
+from sftjob_operator.events import EventPoster
+from sftjob_operator.kube import ApiError, KubeClient
+from sftjob_operator.metrics import Metrics
+from sftjob_operator.progress import fetch_progress, progress_url, running_pod_ip
+from sftjob_operator.status import (
+    RUNNING_PHASES,
+    apply_merge_patch,
+    compute_status,
+    condition,
+    job_lost_status,
+    merge_diff,
+    spec_ignored_status,
+)
+
+Key = tuple[str, str]  # (namespace, SFTJob name)
+Log = logging.Logger | logging.LoggerAdapter
+
+_TERMINAL = {p.value for p in TERMINAL_PHASES}
+# Reasons that report progress; any other reason on a condition is a problem worth a Warning event.
+_PROGRESS_REASONS = {
+    Reason.CREATED.value, Reason.QUEUED.value, Reason.RUNNING.value, Reason.PASSED.value,
+    Reason.COMPLETED.value, Reason.SUSPENDED.value,
+}
+# The condition whose message describes each phase in its Event.
+_PHASE_CONDITION = {
+    Phase.PENDING.value: ConditionType.TRAINING.value,
+    Phase.QUEUED.value: ConditionType.TRAINING.value,
+    Phase.SANITY_CHECKING.value: ConditionType.SANITY_CHECKED.value,
+    Phase.TRAINING.value: ConditionType.TRAINING.value,
+    Phase.SUCCEEDED.value: ConditionType.SUCCEEDED.value,
+    Phase.FAILED.value: ConditionType.FAILED.value,
+    Phase.SUSPENDED.value: ConditionType.SUSPENDED.value,
+}
+_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+# -- what the indexes keep: only the fields status computation reads --------------------------
+
+
+def _names(containers: Any) -> list[dict[str, str]]:
+    return [{"name": c.get("name")} for c in containers or []]
+
+
+def slim_sftjob(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of an SFTJob the follower needs."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")},
+        "spec": {"suspend": bool(spec.get("suspend")), "queueName": spec.get("queueName")},
+        "status": status,
+    }
+
+
+def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Job that status computation reads."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    template = ((spec.get("template") or {}).get("spec")) or {}
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "ownerReferences")},
+        "spec": {
+            "suspend": spec.get("suspend"),
+            "activeDeadlineSeconds": spec.get("activeDeadlineSeconds"),
+            "backoffLimit": spec.get("backoffLimit"),
+            "template": {"spec": {"initContainers": _names(template.get("initContainers"))}},
+        },
+        "status": body.get("status") or {},
+    }
+
+
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Pod that status computation reads."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp", "deletionTimestamp", "ownerReferences")},
+        "spec": {"initContainers": _names(spec.get("initContainers")), "containers": _names(spec.get("containers"))},
+        "status": body.get("status") or {},
+    }
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
+    diff = merge_diff(old or {}, new or {})
+    out: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping) and node:
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        else:
+            out.append(path)
+
+    walk(diff, prefix)
+    return sorted(p for p in out if p != prefix)
+
+
+def _ref(sft: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity an Event needs to name the SFTJob."""
+    meta = sft["metadata"]
+    return {"apiVersion": API_VERSION_FULL, "kind": KIND, "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}
+
+
+_log = logging.getLogger(__name__)
+
+
+def sftjob_logger(sft: Mapping[str, Any]) -> logging.LoggerAdapter:
+    """A logger whose records name the SFTJob (kopf's formatters show `k8s_ref` as the object).
+
+    Status changes are often triggered by a Pod's or Job's event; the log
+    line belongs to the SFTJob whose status changed, not to that Pod.
+    """
+    meta = sft["metadata"]
+    ref = {"apiVersion": API_VERSION_FULL, "kind": KIND, **{k: meta.get(k) for k in ("name", "uid", "namespace")}}
+    return logging.LoggerAdapter(_log, {"k8s_ref": ref})
+
+
+class Follower:
+    """Keeps the status of every started SFTJob in step with its Job, Pods and progress."""
+
+    def __init__(
+        self, kube: KubeClient, config: OperatorConfig, metrics: Metrics, http: aiohttp.ClientSession, events: EventPoster
+    ) -> None:
+        self.kube = kube
+        self.events = events
+        self.config = config
+        self.metrics = metrics
+        self.http = http
+        self._sftjobs: Mapping[Key, Any] = {}
+        self._jobs: Mapping[Key, Any] = {}
+        self._pods: Mapping[Key, Any] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._known: dict[Key, tuple[str | None, dict[str, Any]]] = {}
+        self._progress: dict[Key, tuple[str | None, Progress]] = {}
+        self._retries: dict[Key, asyncio.Task[None]] = {}
+        self._attempts: dict[Key, int] = {}
+
+    def attach(self, sftjobs: Mapping[Key, Any], jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
+        """Use these kopf indexes (key -> store of slim objects) as the view of the cluster."""
+        self._sftjobs, self._jobs, self._pods = sftjobs, jobs, pods
+
+    def phases(self) -> Iterator[str | None]:
+        """The phase of every SFTJob the operator sees (for the metrics gauge)."""
+        for store in list(self._sftjobs.values()):
+            for sft in store:
+                yield (sft.get("status") or {}).get("phase")
+
+    def forget(self, key: Key) -> None:
+        """Drop everything remembered about a deleted SFTJob."""
+        self._known.pop(key, None)
+        self._progress.pop(key, None)
+        self._attempts.pop(key, None)
+        task = self._retries.pop(key, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+
+    # -- reading the view --------------------------------------------------------------------
+
+    @staticmethod
+    def _first(index: Mapping[Key, Any], key: Key) -> dict[str, Any] | None:
+        store = index.get(key)
+        return next(iter(store), None) if store else None
+
+    def _sftjob(self, key: Key) -> dict[str, Any] | None:
+        sft = self._first(self._sftjobs, key)
+        if sft is None or sft["metadata"].get("deletionTimestamp"):
+            return None
+        return sft
+
+    def _so_far(self, key: Key, sft: Mapping[str, Any]) -> dict[str, Any]:
+        known = self._known.get(key)
+        if known is not None and known[0] == sft["metadata"].get("uid"):
+            return known[1]
+        return dict(sft.get("status") or {})
+
+    def _job(self, key: Key, sft: Mapping[str, Any], job_name: str) -> dict[str, Any] | None:
+        uid = sft["metadata"].get("uid")
+        for job in self._jobs.get(key) or ():
+            if job["metadata"].get("name") == job_name and (not uid or _owned_by(job, uid)):
+                return job
+        return None
+
+    def _job_pods(self, key: Key, job: Mapping[str, Any]) -> list[dict[str, Any]]:
+        uid = job["metadata"].get("uid")
+        return [p for p in self._pods.get(key) or () if not uid or _owned_by(p, uid)]
+
+    def _lock(self, key: Key) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    # -- the work ------------------------------------------------------------------------------
+
+    async def reconcile(self, key: Key) -> None:
+        """Recompute the status of one SFTJob and write what changed."""
+        async with self._lock(key):
+            with self.metrics.timed("status"):
+                await self._reconcile(key)
+
+    async def _reconcile(self, key: Key) -> None:
+        sft = self._sftjob(key)
+        if sft is None:
+            return
+        status = self._so_far(key, sft)
+        job_name = status.get("jobName")
+        if not job_name:
+            return  # not started yet (or invalid): the create handler owns status until it sets jobName
+        job = self._job(key, sft, job_name)
+        if job is None:
+            return  # not seen yet; its ADDED event will bring us back
+        known = self._progress.get(key)
+        progress = known[1] if known is not None and known[0] == sft["metadata"].get("uid") else None
+        patch = compute_status(status, job, self._job_pods(key, job), progress, suspend=sft["spec"]["suspend"])
+        if patch:
+            await self._write(key, sft, status, patch)
+
+    async def _write(self, key: Key, sft: Mapping[str, Any], status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+        meta = sft["metadata"]
+        try:
+            answer = await self.kube.patch(API_VERSION_FULL, KIND, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
+        except ApiError as e:
+            self._known.pop(key, None)  # re-read the watched status next time
+            self.metrics.reconcile_errors.labels(handler="status-write").inc()
+            if e.transient or e.status == 409:
+                sftjob_logger(sft).warning("writing status failed (%s); retrying later", e)
+                self._retry_later(key)
+            else:
+                # The same patch would be refused again (e.g. a schema the status does not fit):
+                # the next event retries with fresh inputs.
+                sftjob_logger(sft).error("the API server refused the status %s: %s", patch, e)
+            return False
+        if answer is None:
+            self.forget(key)  # the SFTJob is gone
+            return False
+        self._attempts.pop(key, None)
+        new = answer.get("status") if isinstance(answer.get("status"), Mapping) else apply_merge_patch(status, patch)
+        self._known[key] = (meta.get("uid"), dict(new))
+        self._announce(sft, status, new)
+        return True
+
+    def _retry_later(self, key: Key) -> None:
+        running = self._retries.get(key)
+        if running is not None and not running.done():
+            return
+        attempt = self._attempts.get(key, 0)
+        self._attempts[key] = attempt + 1
+        delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            self._retries.pop(key, None)
+            await self.reconcile(key)
+
+        self._retries[key] = asyncio.get_running_loop().create_task(retry(), name=f"status retry {key}")
+
+    def _announce(self, sft: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """Events (and log lines) for a phase transition and for newly reported problems."""
+        ref = _ref(sft)
+        logger = sftjob_logger(sft)
+        post = self.events.post
+        before, after = old.get("phase"), new.get("phase")
+        if after and after != before:
+            cond = condition(new, _PHASE_CONDITION.get(after, "")) or {}
+            message = cond.get("message") or f"The SFTJob is now {after}."
+            if after == Phase.EXPORTING.value:
+                message = "Training finished; exporting the best checkpoint."
+            failed = after == Phase.FAILED.value
+            reason = cond.get("reason") if failed and cond.get("reason") else after
+            logger.log(logging.WARNING if failed else logging.INFO, "phase %s -> %s: %s", before, after, message)
+            post(ref, "Warning" if failed else "Normal", reason, message)
+        if after == Phase.FAILED.value:
+            return  # the Failed event above already tells the story
+        for cond in new.get("conditions") or []:
+            if cond.get("type") == ConditionType.FAILED.value or cond.get("reason") in _PROGRESS_REASONS:
+                continue
+            previous = condition(old, cond.get("type", "")) or {}
+            # Only a new reason is news: a scheduler message that changes its node counts is not.
+            if (previous.get("status"), previous.get("reason")) != (cond.get("status"), cond.get("reason")):
+                logger.warning("%s: %s", cond.get("reason"), cond.get("message"))
+                post(ref, "Warning", cond.get("reason") or "Problem", cond.get("message") or "")
+
+    def running(self) -> list[Key]:
+        """SFTJobs whose pod is in a phase that serves progress (as this operator last wrote it)."""
+        keys = []
+        for key, store in list(self._sftjobs.items()):
+            for sft in store:
+                if self._so_far(key, sft).get("phase") in RUNNING_PHASES:
+                    keys.append(key)
+        return keys
+
+    async def poll_forever(self, concurrency: int = 32) -> None:
+        """Every `progress_poll_seconds`, poll each running SFTJob once, at most `concurrency` at a time."""
+        interval = self.config.progress_poll_seconds
+        limit = asyncio.Semaphore(concurrency)
+        loop = asyncio.get_running_loop()
+
+        async def one(key: Key) -> None:
+            async with limit:
+                sft = self._sftjob(key)
+                if sft is not None:
+                    await self.poll_progress(key, sftjob_logger(sft))
+
+        while True:
+            started = loop.time()
+            results = await asyncio.gather(*(one(key) for key in self.running()), return_exceptions=True)
+            for error in (r for r in results if isinstance(r, Exception)):
+                _log.warning("progress poll failed: %r", error)
+            await asyncio.sleep(max(interval - (loop.time() - started), interval / 10))
+
+    async def poll_progress(self, key: Key, logger: Log) -> None:
+        """Read the running pod's progress report once and fold it into status."""
+        sft = self._sftjob(key)
+        if sft is None:
+            return
+        job_name = self._so_far(key, sft).get("jobName")
+        job = self._job(key, sft, job_name) if job_name else None
+        ip = running_pod_ip(self._job_pods(key, job)) if job is not None else None
+        if ip is None:
+            return
+        url = progress_url(ip, self.config.progress_port)
+        progress = await fetch_progress(self.http, url, self.config.progress_timeout_seconds, logger)
+        self.metrics.progress_polls.labels(result="ok" if progress is not None else "failed").inc()
+        if progress is None:
+            return
+        self._progress[key] = (sft["metadata"].get("uid"), progress)
+        await self.reconcile(key)
+
+    async def spec_changed(self, key: Key, body: Mapping[str, Any], old: Any, new: Any, logger: Log) -> bool:
+        """Apply a spec edit to a started SFTJob: suspend/resume the Job, report other edits as ignored.
+
+        Returns False if the SFTJob has not started (no Job yet), so the
+        caller can try to start it with the edited spec.
+        """
+        async with self._lock(key):
+            sft = self._sftjob(key) or slim_sftjob(body)
+            status = self._so_far(key, sft)
+            job_name = status.get("jobName")
+            if not job_name:
+                return False
+            changed = _changed_paths(old, new)
+            if "spec.suspend" in changed and status.get("phase") not in _TERMINAL:
+                await self._suspend_job(sft, job_name, bool((new or {}).get("suspend")), logger)
+            ignored = [p for p in changed if p != "spec.suspend"]
+            generation = (body.get("metadata") or {}).get("generation")
+            if ignored:
+                logger.warning("spec changes after the Job exists are not applied: %s", ", ".join(ignored))
+                patch = spec_ignored_status(status, ignored, job_name, generation)
+            else:
+                patch = {"observedGeneration": generation} if generation != status.get("observedGeneration") else {}
+            if patch:
+                await self._write(key, sft, status, patch)
+        await self.reconcile(key)
+        return True
+
+    async def _suspend_job(self, sft: Mapping[str, Any], job_name: str, suspend: bool, logger: Log) -> None:
+        meta = sft["metadata"]
+        if not suspend and sft["spec"].get("queueName"):
+            # Kueue owns the Job's suspend flag for queued jobs: it unsuspends when it admits the workload.
+            logger.info("resumed; leaving Job %s to Kueue to admit", job_name)
+            return
+        try:
+            done = await self.kube.patch("batch/v1", "Job", meta["namespace"], job_name, {"spec": {"suspend": suspend}})
+        except ApiError as e:
+            raise kopf.TemporaryError(f"could not {'suspend' if suspend else 'resume'} Job {job_name}: {e}", delay=5) from None
+        if done is not None:
+            logger.info("%s Job %s", "suspended" if suspend else "resumed", job_name)
+
+    async def resumed(self, key: Key) -> None:
+        """After an operator restart: fail an unfinished SFTJob whose Job vanished meanwhile, then catch up."""
+        async with self._lock(key):
+            sft = self._sftjob(key)
+            if sft is None:
+                return
+            status = self._so_far(key, sft)
+            job_name = status.get("jobName")
+            if job_name and status.get("phase") not in _TERMINAL and self._job(key, sft, job_name) is None:
+                await self._write(key, sft, status, job_lost_status(status, job_name))
+        await self.reconcile(key)

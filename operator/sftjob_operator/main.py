@@ -1,0 +1,75 @@
+"""`sftjob operator`: run the operator (what the Helm chart's Deployment runs).
+
+Reads its settings from SFTJOB_OPERATOR_* variables (`config.py`), checks
+them before anything else, configures logging (JSON by default), and runs
+kopf standalone (one replica; no peering CRD needed) with the handlers in
+`handlers.py`, the liveness endpoint on `health_port` (/healthz) and the
+Prometheus metrics on `metrics_port` (/metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from sftjob_operator.config import ENV_PREFIX, OperatorConfig
+
+
+# Handlers that run on every watch event: kopf's "succeeded" line for
+# each would be most of the log of a busy operator, and says nothing new.
+ROUTINE_HANDLERS = ("sftjob_event", "job_event", "pod_event")
+
+
+class QuietRoutineSuccess(logging.Filter):
+    """Drops kopf's success lines of the routine handlers (failures are still logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.endswith("' succeeded.") and any(f"'{name}'" in message for name in ROUTINE_HANDLERS))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `sftjob operator` (settings themselves come from the environment)."""
+    parser = argparse.ArgumentParser(
+        prog="sftjob operator",
+        description=f"Run the SFTJob operator. Settings come from {ENV_PREFIX}* environment variables.",
+    )
+    parser.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        help="address the liveness (/healthz) and metrics (/metrics) endpoints listen on (default: all)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging (kopf's internals included)")
+    return parser
+
+
+def run_operator(argv: Sequence[str] | None = None) -> int:
+    """Run the operator until SIGTERM/SIGINT; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = OperatorConfig.from_env()
+    except ValueError as e:
+        print(f"sftjob operator: {e}", file=sys.stderr)
+        return 2
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    if not args.verbose:
+        logging.getLogger("kopf.objects").addFilter(QuietRoutineSuccess())
+    # Importing the module registers its handlers with kopf's default registry.
+    import sftjob_operator.handlers  # noqa: F401
+
+    liveness = f"http://{args.bind_address}:{config.health_port}/healthz" if config.health_port else None
+    kopf.run(
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(bind_address=args.bind_address),
+    )
+    return 0

@@ -1,0 +1,538 @@
+"""The real operator process against the Kubernetes emulator, with the test playing Job controller and kubelet.
+
+One emulator and one operator (`sftjob operator`, as the chart's
+Deployment runs it) serve the whole module; each test works in a namespace
+of its own. The test creates the Pods a Job controller would create (the
+Job's template labels, an ownerReference to the Job) and patches Job and Pod
+status as the controller and the kubelet would. The runtime's progress
+endpoint is a real HTTP server on 127.0.0.1: every pod reports that address
+as its podIP, and the operator's progress port points at the server.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.server
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kmock
+import pytest
+from sftjob.report import BestCheckpoint, Outcome, SanityResult
+
+from tests.support.kube import ApiError, RunningEmulator, running_emulator, wait_for
+from tests.support.operator_process import OperatorProcess, operator_process
+
+API = "sftjob.dev/v1alpha1"
+OPERATOR = (sys.executable, "-m", "sftjob.cli", "operator")
+TIMEOUT = 30.0  # generous: the machine is shared
+POLL_SECONDS = 0.3  # the operator's progress poll interval in these tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProgressServer:
+    """The runtime's progress endpoint: serves `payload` as JSON on /progress and counts requests."""
+
+    def __init__(self) -> None:
+        self.payload: dict[str, Any] | None = None
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                outer.requests += 1
+                if self.path != "/progress" or outer.payload is None:
+                    self.send_error(404)
+                    return
+                body = json.dumps(outer.payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def sftjob_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    base = {
+        "model": {"source": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "dataset": {"train": "s3://data/train.jsonl", "validation": "s3://data/val.jsonl"},
+        "output": {"uri": f"s3://models/{name}"},
+        "resources": {"gpus": 1},
+    }
+    base.update(spec)
+    return {"apiVersion": API, "kind": "SFTJob", "metadata": {"name": name, "namespace": namespace}, "spec": base}
+
+
+# -- container states as the kubelet writes them -------------------------------------------------
+
+
+def running() -> dict[str, Any]:
+    return {"running": {"startedAt": "2026-11-25T12:00:00Z"}}
+
+
+def waiting(reason: str) -> dict[str, Any]:
+    return {"waiting": {"reason": reason}}
+
+
+def terminated(code: int, reason: str, message: str | None = None) -> dict[str, Any]:
+    term: dict[str, Any] = {"exitCode": code, "reason": reason, "finishedAt": "2026-11-25T12:30:00Z"}
+    if message is not None:
+        term["message"] = message
+    return {"terminated": term}
+
+
+def pod_status(phase: str, init: dict | None = None, main: dict | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase, "podIP": "127.0.0.1",
+                              "conditions": [{"type": "PodScheduled", "status": "True"}]}
+    if init is not None:
+        status["initContainerStatuses"] = [{"name": "sanity-check", "state": init, "ready": False, "restartCount": 0}]
+    if main is not None:
+        status["containerStatuses"] = [{"name": "train", "state": main, "ready": "running" in main, "restartCount": 0}]
+    return status
+
+
+def job_finished(kind: str, reason: str, message: str) -> dict[str, Any]:
+    return {"active": 0, "conditions": [{"type": kind, "status": "True", "reason": reason, "message": message}]}
+
+
+SANITY_PASSED = Outcome(ok=True, sanity=SanityResult(passed=True, initialLoss=2.3, finalLoss=1.1, rows=32, maskedRows=0,
+                                                      truncatedRows=0))
+
+
+class Cluster:
+    """The test's hands: SFTJobs in, Job-controller and kubelet behaviour out, status read back."""
+
+    def __init__(self, kube: RunningEmulator, operator: OperatorProcess, progress: ProgressServer, metrics_port: int, health_port: int) -> None:
+        self.kube = kube
+        self.client = kube.client
+        self.operator = operator
+        self.progress = progress
+        self.metrics_port = metrics_port
+        self.health_port = health_port
+
+    def create(self, name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+        return self.client.create(sftjob_manifest(name, namespace, **spec))
+
+    def sftjob(self, name: str, namespace: str) -> dict[str, Any]:
+        return self.client.get(API, "sftjobs", namespace, name)
+
+    def wait(self, what: str, predicate: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+        try:
+            return wait_for(predicate, timeout=timeout, message=what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- operator log ---\n{self.operator.log_tail(40)}") from None
+
+    def wait_sftjob(self, name: str, namespace: str, what: str, check: Callable[[dict[str, Any]], Any],
+                    timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Wait until `check(sftjob)` holds; return that SFTJob."""
+        def reached() -> dict[str, Any] | None:
+            obj = self.sftjob(name, namespace)
+            return obj if check(obj) else None
+        return self.wait(f"{namespace}/{name}: {what}", reached, timeout)
+
+    def wait_phase(self, name: str, namespace: str, phase: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        return self.wait_sftjob(name, namespace, f"phase {phase}", lambda o: o.get("status", {}).get("phase") == phase, timeout)
+
+    def wait_job(self, name: str, namespace: str) -> dict[str, Any]:
+        return self.wait(f"Job {name}-sft", lambda: self.client.get("batch/v1", "jobs", namespace, f"{name}-sft"))
+
+    def start_pod(self, job: dict[str, Any], suffix: str = "x7k2p") -> str:
+        """Create the Job's pod as the Job controller does; return its name."""
+        meta = job["metadata"]
+        template = job["spec"]["template"]
+        name = f"{meta['name']}-{suffix}"
+        labels = {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": meta["name"],
+                  "batch.kubernetes.io/controller-uid": meta["uid"]}
+        self.client.create({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                "controller": True, "blockOwnerDeletion": True}]},
+            "spec": template["spec"],
+        })
+        return name
+
+    def kubelet(self, namespace: str, pod: str, status: dict[str, Any]) -> None:
+        self.client.patch_status("v1", "pods", namespace, pod, status)
+
+    def job_controller(self, namespace: str, job: str, status: dict[str, Any]) -> None:
+        self.client.patch_status("batch/v1", "jobs", namespace, job, status)
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.client.list("v1", "events", namespace) if e.get("involvedObject", {}).get("name") == name]
+
+    def condition(self, obj: dict[str, Any], ctype: str) -> dict[str, Any]:
+        for cond in obj.get("status", {}).get("conditions", []):
+            if cond["type"] == ctype:
+                return cond
+        raise LookupError(f"no {ctype} condition in {obj.get('status')}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    progress = ProgressServer()
+    metrics_port, health_port = free_port(), free_port()
+    env = {
+        "SFTJOB_OPERATOR_DISABLE_SCANNING": "true",  # the emulator serves no CRD/namespace scanning
+        "SFTJOB_OPERATOR_PROGRESS_PORT": str(progress.port),
+        "SFTJOB_OPERATOR_PROGRESS_POLL_SECONDS": str(POLL_SECONDS),
+        "SFTJOB_OPERATOR_PROGRESS_TIMEOUT_SECONDS": "2",
+        "SFTJOB_OPERATOR_METRICS_PORT": str(metrics_port),
+        "SFTJOB_OPERATOR_HEALTH_PORT": str(health_port),
+        "SFTJOB_OPERATOR_LOG_FORMAT": "json",
+    }
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    try:
+        with running_emulator() as kube, operator_process(
+            kube.kubeconfig, ["--bind-address", "127.0.0.1"], env, command=OPERATOR, log_path=log
+        ) as operator:
+            yield Cluster(kube, operator, progress, metrics_port, health_port)
+    finally:
+        progress.close()
+
+
+@pytest.fixture
+def ns(cluster: Cluster) -> str:
+    """A fresh namespace per test; the progress endpoint starts each test answering 404."""
+    cluster.progress.payload = None
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+# -- creation -----------------------------------------------------------------------------------
+
+
+def test_create_makes_an_owned_configmap_and_job_and_reports_pending(cluster: Cluster, ns: str) -> None:
+    sft = cluster.create("llama", ns)
+    job = cluster.wait_job("llama", ns)
+    configmap = cluster.client.get("v1", "configmaps", ns, "llama-run-config")
+    for child in (job, configmap):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("SFTJob", "llama", sft["metadata"]["uid"], True)
+    assert json.loads(configmap["data"]["run-config.json"])  # the run config the pod mounts
+    assert [c["name"] for c in job["spec"]["template"]["spec"]["initContainers"]] == ["sanity-check"]
+
+    obj = cluster.wait_phase("llama", ns, "Pending")
+    status = obj["status"]
+    assert (status["jobName"], status["observedGeneration"]) == ("llama-sft", 1)
+    cond = cluster.condition(obj, "SanityChecked")
+    assert (cond["status"], cond["reason"]) == ("Unknown", "JobCreated")
+    assert "finalizers" not in obj["metadata"]  # nothing blocks deletion of a job that is not running
+    events = cluster.wait("a JobCreated event", lambda: [e for e in cluster.events(ns, "llama") if e["reason"] == "JobCreated"])
+    assert events[0]["message"] == "Created ConfigMap llama-run-config, Job llama-sft."
+
+
+def test_invalid_spec_fails_naming_the_field_and_creates_nothing(cluster: Cluster, ns: str) -> None:
+    cluster.create("bad", ns, training={"learningRate": -1})
+    obj = cluster.wait_phase("bad", ns, "Failed")
+    cond = cluster.condition(obj, "Failed")
+    assert (cond["status"], cond["reason"]) == ("True", "InvalidSpec")
+    assert cond["message"].startswith("Invalid spec: spec.training.learningRate: ")
+    with pytest.raises(ApiError) as e:
+        cluster.client.get("batch/v1", "jobs", ns, "bad-sft")
+    assert e.value.status == 404
+    assert cluster.wait("an InvalidSpec event", lambda: [e for e in cluster.events(ns, "bad") if e["reason"] == "InvalidSpec"])
+
+
+def test_fixing_an_invalid_spec_starts_the_job(cluster: Cluster, ns: str) -> None:
+    cluster.create("fixed", ns, training={"learningRate": -1})
+    cluster.wait_phase("fixed", ns, "Failed")
+    cluster.client.patch(API, "sftjobs", ns, "fixed", {"spec": {"training": {"learningRate": 2e-5}}})
+    cluster.wait_job("fixed", ns)
+    obj = cluster.wait_phase("fixed", ns, "Pending")
+    assert [c["type"] for c in obj["status"]["conditions"]] == ["SanityChecked"]  # the InvalidSpec failure is gone
+    assert obj["status"]["observedGeneration"] == 2
+
+
+def test_queued_job_is_created_suspended_with_the_queue_label(cluster: Cluster, ns: str) -> None:
+    cluster.create("queued", ns, queueName="gpu-queue")
+    job = cluster.wait_job("queued", ns)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    obj = cluster.wait_phase("queued", ns, "Queued")
+    assert cluster.condition(obj, "SanityChecked")["reason"] == "WaitingForQuota"
+
+
+# -- following the Job ---------------------------------------------------------------------------
+
+
+def test_lifecycle_from_sanity_check_to_succeeded_with_live_progress(cluster: Cluster, ns: str) -> None:
+    cluster.create("life", ns)
+    job = cluster.wait_job("life", ns)
+    pod = cluster.start_pod(job)
+
+    cluster.kubelet(ns, pod, pod_status("Pending", init=running(), main=waiting("PodInitializing")))
+    cluster.wait_phase("life", ns, "SanityChecking")
+
+    cluster.progress.payload = {"stage": "training", "step": 40, "totalSteps": 200, "epoch": 0.6, "loss": 1.4321,
+                                "evalLoss": 1.51, "learningRate": 2e-5, "gradNorm": 0.9, "tokensPerSecond": 1234.5,
+                                "etaSeconds": 725}
+    cluster.kubelet(ns, pod, pod_status("Running", init=terminated(0, "Completed", SANITY_PASSED.to_termination_message()),
+                                        main=running()))
+    obj = cluster.wait_sftjob("life", ns, "training progress", lambda o: o["status"].get("progress", {}).get("step") == 40)
+    status = obj["status"]
+    assert status["phase"] == "Training"
+    assert status["progress"] == {"stage": "training", "step": 40, "totalSteps": 200, "epoch": 0.6, "loss": 1.4321,
+                                  "evalLoss": 1.51, "learningRate": 2e-5, "gradNorm": 0.9, "tokensPerSecond": 1234.5,
+                                  "etaSeconds": 725, "eta": "12m 05s"}
+    assert status["sanityCheck"]["passed"] is True
+    assert cluster.condition(obj, "SanityChecked")["reason"] == "Passed"
+    assert not obj["metadata"].get("finalizers")  # polling needs none: deleting a running SFTJob never waits
+
+    cluster.progress.payload = {"stage": "training", "step": 41, "totalSteps": 200, "loss": 1.40}
+    cluster.wait("the next poll", lambda: cluster.sftjob("life", ns)["status"]["progress"]["step"] == 41)
+
+    cluster.progress.payload = {"stage": "exporting", "step": 200, "totalSteps": 200}
+    cluster.wait_phase("life", ns, "Exporting")
+
+    best = BestCheckpoint(uri="s3://models/life/best", step=180, evalLoss=0.8123)
+    outcome = Outcome(ok=True, bestCheckpoint=best, resolved={"learningRate": 2e-5, "gradientAccumulationSteps": 4})
+    cluster.kubelet(ns, pod, pod_status("Succeeded", init=terminated(0, "Completed"),
+                                        main=terminated(0, "Completed", outcome.to_termination_message())))
+    cluster.job_controller(ns, job["metadata"]["name"], job_finished("Complete", "CompletionsReached", "done"))
+    obj = cluster.wait_phase("life", ns, "Succeeded")
+    assert obj["status"]["bestCheckpoint"] == {"uri": "s3://models/life/best", "step": 180, "evalLoss": 0.8123}
+    assert obj["status"]["resolved"] == {"learningRate": 2e-5, "gradientAccumulationSteps": 4}
+    assert cluster.condition(obj, "Succeeded")["message"] == (
+        "Training finished; the checkpoint (step 180, eval loss 0.8123) is at s3://models/life/best."
+    )
+    expected = {"JobCreated", "SanityChecking", "Training", "Exporting", "Succeeded"}
+    cluster.wait("transition events", lambda: {e["reason"] for e in cluster.events(ns, "life")} >= expected)
+
+
+def test_sanity_failure_fails_with_the_report(cluster: Cluster, ns: str) -> None:
+    cluster.create("sanity", ns)
+    job = cluster.wait_job("sanity", ns)
+    pod = cluster.start_pod(job)
+    outcome = Outcome(ok=False, reason="SanityAllMasked",
+                      message="Every sampled row has no trained token: check dataset.format and the chat template.",
+                      sanity=SanityResult(passed=False, reason="SanityAllMasked", rows=32, maskedRows=32))
+    cluster.kubelet(ns, pod, pod_status("Failed", init=terminated(10, "Error", outcome.to_termination_message()),
+                                        main=waiting("PodInitializing")))
+    cluster.job_controller(ns, job["metadata"]["name"], job_finished("Failed", "PodFailurePolicy", "exit code 10"))
+    obj = cluster.wait_phase("sanity", ns, "Failed")
+    cond = cluster.condition(obj, "Failed")
+    assert (cond["reason"], cond["message"]) == ("SanityAllMasked", outcome.message)
+    assert obj["status"]["sanityCheck"] == {"passed": False, "reason": "SanityAllMasked", "rows": 32, "maskedRows": 32}
+    events = cluster.wait("a Warning event", lambda: [e for e in cluster.events(ns, "sanity") if e["type"] == "Warning"])
+    assert events[0]["reason"] == "SanityAllMasked"
+
+
+def test_oom_killed_training_fails_with_out_of_memory(cluster: Cluster, ns: str) -> None:
+    cluster.create("oom", ns)
+    job = cluster.wait_job("oom", ns)
+    pod = cluster.start_pod(job)
+    cluster.kubelet(ns, pod, pod_status("Running", init=terminated(0, "Completed"), main=running()))
+    cluster.wait_phase("oom", ns, "Training")
+    # This pod serves no progress (404): the poller logs it and carries on.
+    cluster.wait("a skipped poll in the log", lambda: "answered HTTP 404; skipped" in cluster.operator.log_text())
+    assert cluster.sftjob("oom", ns)["status"]["phase"] == "Training"
+    cluster.kubelet(ns, pod, pod_status("Failed", init=terminated(0, "Completed"), main=terminated(137, "OOMKilled")))
+    cluster.job_controller(ns, job["metadata"]["name"], job_finished("Failed", "BackoffLimitExceeded", "backoff limit"))
+    obj = cluster.wait_phase("oom", ns, "Failed")
+    cond = cluster.condition(obj, "Failed")
+    assert cond["reason"] == "OutOfMemory"
+    assert "spec.training.perDeviceBatchSize" in cond["message"]
+
+
+def test_suspend_and_resume_patch_the_job(cluster: Cluster, ns: str) -> None:
+    cluster.create("pause", ns)
+    cluster.wait_phase("pause", ns, "Pending")
+    cluster.client.patch(API, "sftjobs", ns, "pause", {"spec": {"suspend": True}})
+    cluster.wait("the Job to be suspended", lambda: cluster.client.get("batch/v1", "jobs", ns, "pause-sft")["spec"]["suspend"])
+    obj = cluster.wait_phase("pause", ns, "Suspended")
+    assert cluster.condition(obj, "Suspended")["status"] == "True"
+    assert obj["status"]["observedGeneration"] == 2
+    cluster.client.patch(API, "sftjobs", ns, "pause", {"spec": {"suspend": False}})
+    cluster.wait("the Job to be resumed", lambda: not cluster.client.get("batch/v1", "jobs", ns, "pause-sft")["spec"]["suspend"])
+    obj = cluster.wait_phase("pause", ns, "Pending")
+    assert cluster.condition(obj, "Suspended")["status"] == "False"
+
+
+def test_spec_edits_after_the_job_exists_are_reported_not_applied(cluster: Cluster, ns: str) -> None:
+    cluster.create("edit", ns)
+    job = cluster.wait_job("edit", ns)
+    cluster.wait_phase("edit", ns, "Pending")
+    cluster.client.patch(API, "sftjobs", ns, "edit", {"spec": {"training": {"learningRate": 1e-4}}})
+    obj = cluster.wait_sftjob("edit", ns, "the ignored-change condition", lambda o: any(
+        c["type"] == "SpecChangeIgnored" for c in o["status"].get("conditions", [])))
+    cond = cluster.condition(obj, "SpecChangeIgnored")
+    assert cond["message"].startswith("Changes to spec.training.learningRate were not applied: Job edit-sft already runs")
+    assert "new metadata.name" in cond["message"]
+    assert obj["status"]["observedGeneration"] == 2
+    assert cluster.client.get("batch/v1", "jobs", ns, "edit-sft")["metadata"]["resourceVersion"] == job["metadata"]["resourceVersion"]
+
+
+# -- robustness ------------------------------------------------------------------------------------
+
+
+def test_lost_create_answer_is_retried_without_a_duplicate(cluster: Cluster, ns: str) -> None:
+    # The Job is stored, but the operator is told 500: its retry meets 409 and must accept its own Job.
+    cluster.kube.call(lambda: cluster.kube.emulator["post", kmock.resource("batch/v1/jobs"), kmock.namespace(ns)] << 500)
+    cluster.create("lost", ns)
+    obj = cluster.wait_phase("lost", ns, "Pending")
+    assert obj["status"]["jobName"] == "lost-sft"
+    assert [j["metadata"]["name"] for j in cluster.client.list("batch/v1", "jobs", ns)] == ["lost-sft"]
+
+
+def test_operator_killed_inside_the_create_handler_creates_no_duplicate(cluster: Cluster, ns: str) -> None:
+    # The Job POST is stored, then its answer never comes: the operator is killed while it waits.
+    async def never_answer() -> None:
+        import asyncio
+        await asyncio.sleep(3600)
+
+    cluster.kube.call(lambda: cluster.kube.emulator["post", kmock.resource("batch/v1/jobs"), kmock.namespace(ns)] << never_answer)
+    cluster.create("killed", ns)
+    job = cluster.wait_job("killed", ns)
+    assert "status" not in cluster.sftjob("killed", ns) or not cluster.sftjob("killed", ns)["status"].get("jobName")
+    cluster.operator.kill()
+    since = len(cluster.operator.log_text())
+    cluster.operator.start()
+    obj = cluster.wait_phase("killed", ns, "Pending")
+    assert obj["status"]["jobName"] == "killed-sft"
+    jobs = cluster.client.list("batch/v1", "jobs", ns)
+    assert [(j["metadata"]["name"], j["metadata"]["uid"]) for j in jobs] == [("killed-sft", job["metadata"]["uid"])]
+    assert "already exists and belongs to this SFTJob" in cluster.operator.log_text()[since:]
+
+
+def test_restart_mid_training_continues_the_status(cluster: Cluster, ns: str) -> None:
+    cluster.create("restart", ns)
+    job = cluster.wait_job("restart", ns)
+    pod = cluster.start_pod(job)
+    cluster.kubelet(ns, pod, pod_status("Running", init=terminated(0, "Completed", SANITY_PASSED.to_termination_message()),
+                                        main=running()))
+    before = cluster.wait_phase("restart", ns, "Training")
+
+    cluster.operator.kill()
+    # While the operator is down, the job finishes.
+    outcome = Outcome(ok=True, bestCheckpoint=BestCheckpoint(uri="s3://models/restart/best", step=10, evalLoss=0.5))
+    cluster.kubelet(ns, pod, pod_status("Succeeded", init=terminated(0, "Completed"),
+                                        main=terminated(0, "Completed", outcome.to_termination_message())))
+    cluster.job_controller(ns, "restart-sft", job_finished("Complete", "CompletionsReached", "done"))
+    cluster.operator.start()
+
+    obj = cluster.wait_phase("restart", ns, "Succeeded")
+    assert obj["status"]["bestCheckpoint"]["uri"] == "s3://models/restart/best"
+    assert obj["status"]["sanityCheck"] == before["status"]["sanityCheck"]  # nothing lost
+    assert cluster.condition(obj, "SanityChecked")["lastTransitionTime"] == cluster.condition(before, "SanityChecked")["lastTransitionTime"]
+    jobs = cluster.client.list("batch/v1", "jobs", ns)
+    assert [(j["metadata"]["name"], j["metadata"]["uid"]) for j in jobs] == [("restart-sft", job["metadata"]["uid"])]
+
+
+def test_delete_leaves_children_to_the_garbage_collector(cluster: Cluster, ns: str) -> None:
+    sft = cluster.create("gone", ns)
+    job = cluster.wait_job("gone", ns)
+    pod = cluster.start_pod(job)
+    cluster.kubelet(ns, pod, pod_status("Running", init=terminated(0, "Completed"), main=running()))
+    cluster.wait_phase("gone", ns, "Training")
+    cluster.client.delete(API, "sftjobs", ns, "gone")
+    with pytest.raises(ApiError) as e:  # no finalizer: gone at once, even while training
+        cluster.sftjob("gone", ns)
+    assert e.value.status == 404
+    # The emulator has no garbage collector: what matters is that the children point at the SFTJob.
+    for api, plural, name in (("batch/v1", "jobs", "gone-sft"), ("v1", "configmaps", "gone-run-config")):
+        owners = cluster.client.get(api, plural, ns, name)["metadata"]["ownerReferences"]
+        assert [(o["kind"], o["uid"], o.get("blockOwnerDeletion")) for o in owners] == [("SFTJob", sft["metadata"]["uid"], True)]
+
+
+def test_hundred_sftjobs_at_once_get_exactly_a_hundred_jobs(cluster: Cluster, ns: str) -> None:
+    names = [f"burst-{i:03d}" for i in range(100)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: cluster.create(n, ns), names))
+    cluster.wait("100 Jobs", lambda: len(cluster.client.list("batch/v1", "jobs", ns)) >= 100, timeout=120)
+    cluster.wait("every SFTJob Pending", lambda: all(
+        o.get("status", {}).get("phase") == "Pending" for o in cluster.client.list(API, "sftjobs", ns)), timeout=120)
+    jobs = cluster.client.list("batch/v1", "jobs", ns)
+    assert sorted(j["metadata"]["name"] for j in jobs) == [f"{n}-sft" for n in names]
+    assert len(cluster.client.list("v1", "configmaps", ns)) == 100
+    assert {o["status"]["jobName"] for o in cluster.client.list(API, "sftjobs", ns)} == {f"{n}-sft" for n in names}
+
+
+# -- health, metrics, logs ---------------------------------------------------------------------
+
+
+def test_liveness_metrics_and_json_logs(cluster: Cluster, ns: str) -> None:
+    cluster.create("observed", ns)
+    cluster.wait_phase("observed", ns, "Pending")
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.health_port}/healthz", timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    pending = [line for line in text.splitlines() if line.startswith('sftjob_operator_sftjobs{phase="Pending"}')]
+    assert pending and float(pending[0].split()[-1]) >= 1
+    assert "sftjob_operator_reconcile_seconds_bucket" in text
+    assert "# TYPE sftjob_operator_reconcile_errors_total counter" in text
+    lines = [line for line in cluster.operator.log_text().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert any(r.get("message") == "created ConfigMap observed-run-config, Job observed-sft" for r in records)
+
+
+def test_progress_polling_is_bounded_to_one_request_per_job_and_interval(cluster: Cluster, ns: str) -> None:
+    cluster.create("rate", ns)
+    job = cluster.wait_job("rate", ns)
+    pod = cluster.start_pod(job)
+    cluster.progress.payload = {"stage": "training", "step": 1, "totalSteps": 10}
+    cluster.kubelet(ns, pod, pod_status("Running", init=terminated(0, "Completed"), main=running()))
+    cluster.wait_sftjob("rate", ns, "first progress", lambda o: o["status"].get("progress", {}).get("step") == 1)
+    window = 3.0
+    before = cluster.progress.requests
+    time.sleep(window)
+    polled = cluster.progress.requests - before
+    polled_jobs = [o for o in cluster.client.list(API, "sftjobs")
+                   if o.get("status", {}).get("phase") in ("SanityChecking", "Training", "Exporting")]
+    assert 1 <= polled <= len(polled_jobs) * (window / POLL_SECONDS + 2)
+
+
+# -- pure parts of the wiring --------------------------------------------------------------------
+
+
+def test_kopf_settings() -> None:
+    import kopf
+
+    from sftjob_operator.config import OperatorConfig
+    from sftjob_operator.context import configure_settings
+
+    settings = kopf.OperatorSettings()
+    configure_settings(settings, OperatorConfig())
+    assert settings.scanning.disabled is False  # cluster mode follows CRDs as they come and go
+    assert settings.queueing.worker_limit is None or settings.queueing.worker_limit >= 500
+    assert settings.posting.loggers is False
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert set(settings.watching.label_selectors.collect(kopf.Resource("batch", "v1", "jobs"))) == {"sftjob.dev/job-name"}
+    assert set(settings.watching.label_selectors.collect(kopf.Resource("", "v1", "pods"))) == {"sftjob.dev/job-name"}
+    namespaced = kopf.OperatorSettings()
+    configure_settings(namespaced, OperatorConfig(namespaces=("team-a",)))
+    assert namespaced.scanning.disabled is True
+
+
+def test_event_manifest_names_the_sftjob() -> None:
+    from sftjob_operator.events import event_manifest
+
+    sft = {"metadata": {"name": "llama", "namespace": "team-a", "uid": "u-1"}}
+    event = event_manifest(sft, "Warning", "OutOfMemory", "x" * 2000, instance="op-0")
+    assert event["involvedObject"] == {"apiVersion": API, "kind": "SFTJob", "name": "llama", "namespace": "team-a", "uid": "u-1"}
+    assert (event["type"], event["reason"], len(event["message"])) == ("Warning", "OutOfMemory", 1024)
+    assert event["metadata"] == {"generateName": "llama.", "namespace": "team-a"}
