@@ -188,6 +188,14 @@ def _print_resolved(prep) -> None:
         print(f"  chosen by model size / defaults: {', '.join(defaults)}")
 
 
+def _one_line(text: str | None, limit: int = 160) -> str:
+    """A generation squeezed onto one summary line."""
+    if text is None:
+        return "n/a (resumed run)"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _print_summary(res, dest: str) -> None:
     def fmt(x):
         return "n/a" if x is None else f"{x:.4f}"
@@ -202,8 +210,8 @@ def _print_summary(res, dest: str) -> None:
         f"  local:    {res.best_dir}",
         f"  exported: {dest}",
         f"sample prompt: {prompt}",
-        f"  before: {res.sample_before}",
-        f"  after:  {res.sample_after}",
+        f"  before: {_one_line(res.sample_before)}",
+        f"  after:  {_one_line(res.sample_after)}",
     ]
     if res.warnings:
         lines.append(f"warnings ({len(res.warnings)}):")
