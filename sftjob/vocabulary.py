@@ -34,6 +34,8 @@ class ConditionType(str, Enum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    # A spec edit arrived after the Job was created (the CRD forbids it; shown if it slips through).
+    SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
 
 
 class Reason(str, Enum):
@@ -65,6 +67,7 @@ class Reason(str, Enum):
     PASSED = "Passed"
     COMPLETED = "Completed"
     SUSPENDED = "Suspended"
+    JOB_ALREADY_CREATED = "JobAlreadyCreated"
 
 
 class ExitCode(IntEnum):

@@ -42,8 +42,8 @@ from sftjob_operator.progress import progress_status
 
 # Condition set when a spec edit reaches an SFTJob whose Job already exists
 # (the CRD forbids such edits; this reports the ones that slip through).
-SPEC_IGNORED_CONDITION = "SpecChangeIgnored"
-SPEC_IGNORED_REASON = "JobAlreadyCreated"
+SPEC_IGNORED_CONDITION = ConditionType.SPEC_CHANGE_IGNORED.value
+SPEC_IGNORED_REASON = Reason.JOB_ALREADY_CREATED.value
 
 IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
