@@ -136,11 +136,47 @@ SANITY_PASSED = Outcome(
 )
 
 
+def _status_schema() -> dict:
+    """The CRD's status schema as plain JSON Schema (Kubernetes extensions dropped)."""
+    from pathlib import Path
+
+    import yaml
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[1] / "crds" / "sftjob.dev_sftjobs.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+    def plain(node):
+        if isinstance(node, dict):
+            if node.get("x-kubernetes-preserve-unknown-fields"):
+                return {}
+            out = {k: plain(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+            if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
+                out["additionalProperties"] = False  # what the API server would prune, the test rejects
+            return out
+        if isinstance(node, list):
+            return [plain(v) for v in node]
+        return node
+
+    return plain(schema)
+
+
+STATUS_SCHEMA = _status_schema()
+
+
+def assert_fits_crd(status: dict) -> None:
+    """Every status the operator writes is admitted by the CRD: nothing pruned, no enum violated."""
+    import jsonschema
+
+    jsonschema.validate(status, STATUS_SCHEMA)
+
+
 def step(current: dict, job: dict | None, pods: list[dict] = (), progress: Progress | None = None,
          *, suspend: bool = False, now: datetime.datetime = T1) -> tuple[dict, dict]:
-    """compute_status, and the status after applying its patch."""
+    """compute_status, and the status after applying its patch (checked against the CRD's status schema)."""
     patch = compute_status(current, job, list(pods), progress, suspend=suspend, now=now)
-    return patch, apply_merge_patch(current, patch)
+    after = apply_merge_patch(current, patch)
+    assert_fits_crd(after)
+    return patch, after
 
 
 def cond(status: dict, ctype: str) -> dict:
@@ -513,6 +549,7 @@ def test_last_transition_time_moves_only_with_status():
 
 def test_invalid_spec_status_names_the_field():
     status = invalid_spec_status(["spec.training.learningRate: Input should be greater than 0 (got -1.0)"], 1, now=T0)
+    assert_fits_crd(status)
     assert status == {
         "phase": "Failed",
         "observedGeneration": 1,
@@ -526,6 +563,7 @@ def test_invalid_spec_status_names_the_field():
 
 def test_spec_ignored_and_job_lost():
     patch = spec_ignored_status(PENDING_STATUS, ["spec.training.learningRate"], "llama-sft-v1-sft", 2, now=T1)
+    assert_fits_crd(apply_merge_patch(PENDING_STATUS, patch))
     assert patch["observedGeneration"] == 2
     c = cond(patch, "SpecChangeIgnored")
     assert c["message"].startswith("Changes to spec.training.learningRate were not applied: Job llama-sft-v1-sft already runs")
