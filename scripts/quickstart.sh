@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline
-.venv/bin/sftjob demo-model
+# The quickstart manifest points here (model.source).
+.venv/bin/sftjob demo-model "$HOME/.cache/sftjob/demo-model"
 .venv/bin/sftjob validate examples/quickstart.yaml
 exec .venv/bin/sftjob run examples/quickstart.yaml "$@"

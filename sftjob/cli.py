@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from sftjob.manifest import ManifestError
 from sftjob.vocabulary import ExitCode
 
@@ -45,8 +47,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Print the objects the operator would create for an SFTJob."""
-    import yaml
-
     from sftjob.manifest import load_sftjob
     from sftjob_operator.config import OperatorConfig
     from sftjob_operator.render import render
@@ -60,8 +60,20 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
     else:
-        print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+        print(yaml.dump_all(objects, Dumper=_BlockDumper, sort_keys=False), end="")
     return 0
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the run config JSON) as readable `|` blocks."""
+
+
+def _str_block(dumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str_block)
 
 
 def cmd_preview(args: argparse.Namespace) -> int:

@@ -421,3 +421,26 @@ def test_render_does_not_import_kubernetes_clients():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_render_cli_prints_exactly_what_the_operator_creates(fmt):
+    """`sftjob render` is the operator's own rendering, readable (the run config as a YAML block)."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from sftjob.manifest import load_sftjob
+    from sftjob_operator.config import OperatorConfig
+    from sftjob_operator.render import render
+
+    path = REPO / "examples" / "llama-8b-recipe.yaml"
+    r = subprocess.run([sys.executable, "-m", "sftjob.cli", "render", str(path), "-o", fmt],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    printed = list(yaml.safe_load_all(r.stdout)) if fmt == "yaml" else json.loads(r.stdout)["items"]
+    assert printed == render(load_sftjob(path), OperatorConfig())
+    if fmt == "yaml":
+        assert "run-config.json: |" in r.stdout
