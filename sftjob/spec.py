@@ -228,8 +228,11 @@ class OutputSpec(_Model):
         max_length=1024,
         description="Destination of the best checkpoint: s3://bucket/prefix, pvc://claim/path, or file:// (local runs).",
     )
-    endpoint: str | None = Field(default=None, max_length=1024, description="S3-compatible endpoint URL (MinIO, Ceph, ...).")
-    region: str | None = Field(default=None, max_length=64, description="S3 region.")
+    endpoint: str | None = Field(
+        default=None, max_length=1024,
+        description="S3-compatible endpoint URL (MinIO, Ceph, ...), used for every s3:// location of the job (model, data, output).",
+    )
+    region: str | None = Field(default=None, max_length=64, description="S3 region, used for every s3:// location of the job.")
     credentialsSecretRef: S3CredentialsRef | None = Field(
         default=None, description="Secret with S3 credentials. Omit to use the service account's identity (IRSA, workload identity)."
     )
