@@ -6,7 +6,7 @@ SAME micro-batches, materialised once from the runtime's own data loader
 + zero_grad, nothing else. Runs are interleaved (runtime, plain, runtime,
 plain, ...) and the medians compared, because CPU throughput here drifts
 by several per cent between runs. The first `--warmup` steps of each run
-are not timed.
+are not timed. Which side runs first alternates from pair to pair.
 
     python benchmarks/train_throughput.py [--model DIR] [--steps 12] [--pairs 3]
 
@@ -154,8 +154,13 @@ def main(argv=None) -> int:
     batches = materialise_batches(prep, args.steps)
     runtime, plain = [], []
     for i in range(args.pairs):
-        runtime.append(run_runtime(prep, args.steps, args.warmup))
-        plain.append(run_plain(prep, batches, args.warmup))
+        # Alternate which side goes first, so drift on the machine does not favour one side.
+        if i % 2 == 0:
+            runtime.append(run_runtime(prep, args.steps, args.warmup))
+            plain.append(run_plain(prep, batches, args.warmup))
+        else:
+            plain.append(run_plain(prep, batches, args.warmup))
+            runtime.append(run_runtime(prep, args.steps, args.warmup))
         print(f"pair {i + 1}: runtime {runtime[-1]['tokens_per_second']:.0f} tok/s, plain {plain[-1]['tokens_per_second']:.0f} tok/s",
               file=sys.stderr)
     rt = statistics.median(x["tokens_per_second"] for x in runtime)
