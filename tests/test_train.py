@@ -35,7 +35,7 @@ def write_job(tmp: Path, model: Path, *, name="tiny", train_rows=48, val_rows=12
         "training": {"maxSteps": 12, "learningRate": 3e-3, "perDeviceBatchSize": 4, "effectiveBatchSize": 4,
                      "evalSteps": 2, "saveSteps": 2, "saveTotalLimit": 2, "loggingSteps": 1, "maxSeqLength": 256,
                      **(training or {})},
-        "sanityCheck": {"enabled": sanity, "steps": 4, "samples": 16},
+        "sanityCheck": {"enabled": bool(sanity), "steps": 4, "samples": 16, **(sanity if isinstance(sanity, dict) else {})},
         "resources": {"gpus": 0},
         "output": {"uri": str(tmp / "export")},
         "monitoring": {"reportTo": ["tensorboard"]},

@@ -9,6 +9,7 @@ can fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -105,8 +106,10 @@ def sanity(file: str, as_json: bool = False) -> int:
     state = ProgressState()
     server = serve_from_env(state)
     try:
-        prep = prepare_run(cfg, base)
-        result = run_sanity(prep, state)
+        # Library chatter (the Trainer's log lines) goes to stderr: stdout carries only the report.
+        with contextlib.redirect_stdout(sys.stderr):
+            prep = prepare_run(cfg, base)
+            result = run_sanity(prep, state)
     finally:
         if server:
             server.stop()

@@ -16,8 +16,9 @@ from sftjob.report import SanityResult
 from sftjob.vocabulary import Reason
 from sftjob_runtime.events import emit
 
-# The final loss must be below this share of the first (a 10-step run that
-# learns anything drops it far more; noise alone rarely does).
+# The loss on the sampled rows after the steps must be below this share of
+# the loss on the same rows before them (a run that learns anything drops it
+# far more; with the same rows measured twice, noise cannot).
 MAX_LOSS_RATIO = 0.98
 
 
@@ -81,15 +82,20 @@ def run_sanity(prep, state=None) -> SanityResult:
         args.logging_steps, args.save_strategy, args.report_to = 1, "no", []
         args.lr_scheduler_type = "constant"
         Trainer = make_trainer_class()
-        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=prep.tokenizer,
+        data = Dataset.from_list(records)
+        trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=prep.tokenizer,
                           callbacks=[_Record(state, counter, stage="sanity")], token_counter=counter,
                           fused_head=prep.hardware.device == "cuda")
+        # Judge on the same rows before and after: per-step losses come from different
+        # batches and would compare unlike with unlike.
+        initial = float(trainer.evaluate()["eval_loss"])
         trainer.train()
+        final = float(trainer.evaluate()["eval_loss"])
         generation = generate_sample(trainer.model, prep.tokenizer, examples[0].messages)
-    initial, final = (losses[0], losses[-1]) if losses else (None, None)
+    losses = [initial, *losses, final]
     result = dict(initialLoss=initial, finalLoss=final, **base)
     emit("sanity", initial_loss=initial, final_loss=final, masked_rows=masked, rows=len(rows))
-    if initial is None or not all(math.isfinite(x) for x in losses):
+    if not all(math.isfinite(x) for x in losses):
         return SanityResult(passed=False, reason=Reason.SANITY_NON_FINITE_LOSS.value,
                             message=f"the loss was not finite during the sanity steps ({losses[-3:]}); lower spec.training.learningRate "
                                     "or use dtype float32", **result)
