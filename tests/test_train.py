@@ -216,3 +216,25 @@ def test_sanity_fails_when_every_row_is_masked(tiny_model_dir, tmp_path):  # noq
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert "no training row has a token to train on" in r.stderr
+
+
+def test_packed_rows_do_not_attend_to_each_other(tiny_model_dir):  # noqa: F811
+    """Padding-free packing (packing: true) must give every row the loss it has alone.
+
+    The collator TRL uses for packing concatenates rows and restarts position_ids; our
+    CPU loss path calls the model's own forward, which must then keep rows apart.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    rows = [{"input_ids": list(range(100, 130)), "labels": [-100] * 10 + list(range(110, 130))},
+            {"input_ids": list(range(500, 520)), "labels": [-100] * 5 + list(range(505, 520))}]
+    packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    assert packed["input_ids"].shape[0] == 1 and "position_ids" in packed
+    with torch.no_grad():
+        logits_packed = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        alone = [model(input_ids=torch.tensor([r["input_ids"]]), use_cache=False).logits[0] for r in rows]
+    torch.testing.assert_close(logits_packed[:30], alone[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits_packed[30:], alone[1], atol=1e-4, rtol=1e-4)
