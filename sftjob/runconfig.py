@@ -13,11 +13,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
-from sftjob.manifest import SFTJob, format_validation_error, ManifestError
-from sftjob.spec import DatasetSpec, LoraSpec, SanityCheckSpec, TrainingSpec, _Model
-from sftjob.spec import ModelSpec
+from sftjob.manifest import ManifestError, SFTJob, format_validation_error
+from sftjob.spec import DatasetSpec, LoraSpec, ModelSpec, SanityCheckSpec, TrainingSpec, _Model
 
 RUN_CONFIG_VERSION = "sftjob.dev/run-config/v1"
 
