@@ -26,8 +26,12 @@ def test_model_source_kinds(tmp_path):
     (tmp_path / "models" / "m").mkdir(parents=True)
     assert localize_model(cfg("meta-llama/Llama-3.1-8B-Instruct"), tmp_path) == "meta-llama/Llama-3.1-8B-Instruct"
     assert localize_model(cfg("models/m"), tmp_path) == str(tmp_path / "models" / "m")
-    assert localize_model(cfg("file:///abs/m"), tmp_path) == "/abs/m"
-    assert localize_model(cfg("./missing"), tmp_path) == str(tmp_path / "missing")
+    (tmp_path / "abs").mkdir()
+    assert localize_model(cfg(f"file://{tmp_path / 'abs'}"), tmp_path) == str(tmp_path / "abs")
+    with pytest.raises(RuntimeFailure, match=f"spec.model.source: no model directory at {tmp_path / 'missing'}$"):
+        localize_model(cfg("./missing"), tmp_path)
+    with pytest.raises(RuntimeFailure, match="run `sftjob demo-model`"):
+        localize_model(cfg("~/nowhere/demo-model"), tmp_path)
 
 
 def test_data_and_model_come_from_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811

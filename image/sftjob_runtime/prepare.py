@@ -125,8 +125,11 @@ def localize_model(cfg: RunConfig, base: Path | None) -> str:
                                endpoint=cfg.output.endpoint, region=cfg.output.region)
     src = cfg.model.source
     local = resolve_path(src, base)
-    if Path(local).exists() or src.startswith(("/", ".", "~", "file://")):
+    if Path(local).exists():
         return local
+    if src.startswith(("/", ".", "~", "file://")):
+        hint = " (for the demo model run `sftjob demo-model`)" if "demo-model" in src else ""
+        raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"spec.model.source: no model directory at {local}{hint}", ExitCode.MODEL)
     return src  # a hub id (org/name): transformers downloads it
 
 
