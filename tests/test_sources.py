@@ -96,3 +96,10 @@ def test_run_reads_from_and_exports_to_s3(s3_server, s3_env, tiny_model_dir, tmp
     assert weights == (tmp_path / "work" / "best" / "model.safetensors").read_bytes()
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= {f["path"] for f in manifest["files"]}
     assert manifest["name"] == "s3-run"
+
+
+def test_missing_local_data_file_names_the_field(tmp_path):
+    with pytest.raises(RuntimeFailure) as e:
+        load_splits(cfg(train="nope.jsonl"), tmp_path)
+    assert str(e.value) == f"spec.dataset.train: {tmp_path / 'nope.jsonl'}: file not found — check the dataset path"
+    assert e.value.reason.value == "DatasetNotFound"

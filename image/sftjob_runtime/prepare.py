@@ -135,11 +135,20 @@ def localize_model(cfg: RunConfig, base: Path | None) -> str:
 
 def load_splits(cfg: RunConfig, base: Path | None = None) -> tuple[list[Example], list[Example]]:
     """Training and validation conversations (validation may be empty when output.keep is last)."""
+    def load(uri: str, field: str) -> list[Example]:
+        path = localize_data(cfg, uri, field, base)
+        try:
+            return load_examples(path, format=cfg.dataset.format)
+        except DatasetError as e:
+            if e.total == 1 and e.errors[0].startswith(f"{path}: "):
+                # A problem with the file itself (missing, wrong type): say which field points at it.
+                raise DatasetError([f"{field}: {e.errors[0]}"]) from None
+            raise
+
     try:
-        train = load_examples(localize_data(cfg, cfg.dataset.train, "spec.dataset.train", base), format=cfg.dataset.format)
+        train = load(cfg.dataset.train, "spec.dataset.train")
         if cfg.dataset.validation:
-            val_path = localize_data(cfg, cfg.dataset.validation, "spec.dataset.validation", base)
-            val = load_examples(val_path, format=cfg.dataset.format)
+            val = load(cfg.dataset.validation, "spec.dataset.validation")
         elif cfg.dataset.validationSplit:
             train, val = split_validation(train, cfg.dataset.validationSplit, cfg.training.seed)
         else:
