@@ -103,3 +103,53 @@ def test_missing_local_data_file_names_the_field(tmp_path):
         load_splits(cfg(train="nope.jsonl"), tmp_path)
     assert str(e.value) == f"spec.dataset.train: {tmp_path / 'nope.jsonl'}: file not found — check the dataset path"
     assert e.value.reason.value == "DatasetNotFound"
+
+
+def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    """No persistent volume: the first pod dies after its saves; the next starts empty and resumes from S3."""
+    import shutil
+
+    import yaml
+
+    from sftjob.runconfig import load_run_config
+    from sftjob_runtime.entrypoint import run
+    from sftjob_runtime.train import prepare_run, train
+
+    monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
+    bucket = s3_server.bucket("sft")
+    client = s3_server.client()
+    data = ROOT / "examples" / "data"
+    (tmp_path / "train.jsonl").write_text("\n".join((data / "quickstart-train.jsonl").read_text().splitlines()[:24]) + "\n")
+    (tmp_path / "val.jsonl").write_text("\n".join((data / "quickstart-val.jsonl").read_text().splitlines()[:8]) + "\n")
+
+    def job(max_steps):
+        path = tmp_path / f"job-{max_steps}.yaml"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "sftjob.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": "pre"},
+            "spec": {
+                "model": {"source": str(tiny_model_dir)},
+                "dataset": {"train": "train.jsonl", "validation": "val.jsonl"},
+                "training": {"maxSteps": max_steps, "perDeviceBatchSize": 4, "effectiveBatchSize": 4, "evalSteps": 2,
+                             "saveSteps": 2, "saveTotalLimit": 2, "learningRate": 1e-3},
+                "sanityCheck": {"enabled": False}, "resources": {"gpus": 0},
+                "output": {"uri": f"s3://{bucket}/out/pre", "endpoint": s3_server.endpoint},
+                "monitoring": {"reportTo": []},
+            },
+        }))
+        return path
+
+    work = tmp_path / "work"
+    # Pod 1 trains 4 steps and is then "preempted" (never exports).
+    path1 = job(4)
+    train(prepare_run(load_run_config(path1), tmp_path), work)
+    mirrored = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/pre.checkpoints/")["Contents"]}
+    assert "out/pre.checkpoints/checkpoint-4/sftjob-manifest.json" in mirrored
+    assert "out/pre.checkpoints/checkpoint-4/optimizer.pt" in mirrored
+    shutil.rmtree(work)  # pod 2 gets a fresh, empty volume
+
+    assert run(str(job(6)), output_dir=str(work)) == 0
+    report = json.loads((work / "report.json").read_text())
+    assert report["resumed_from"].endswith("checkpoint-4") and report["steps"] == 6
+    assert client.get_object(Bucket=bucket, Key="out/pre/sftjob-manifest.json")
+    # The model is exported, so the resume copies are gone.
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="out/pre.checkpoints/")

@@ -160,6 +160,7 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
                                  endpoint=cfg.output.endpoint, region=cfg.output.region,
                                  extra={"name": cfg.name, "step": res.best_step, "evalLoss": res.best_eval_loss})
         state.update(stage="done")
+        _drop_mirror(cfg)
     finally:
         if server:
             server.stop()
@@ -175,6 +176,16 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
         resolved={k: v for k, v in res.resolved.items() if k != "origin"},
     ))
     return 0
+
+
+def _drop_mirror(cfg: RunConfig) -> None:
+    """The exported model is safe: the resume copies on S3 are no longer needed (a failure only warns)."""
+    from sftjob_runtime.checkpoint_sync import delete_mirror
+
+    try:
+        delete_mirror(cfg)
+    except Exception as e:  # storage trouble here must not fail a finished job
+        emit("checkpoint_mirror_not_deleted", level="warning", error=f"{type(e).__name__}: {e}"[:300])
 
 
 def _print_resolved(prep) -> None:

@@ -4,7 +4,7 @@ The flow follows TRL's `scripts/sft.py`: config → model + tokenizer →
 SFTTrainer → train → save, with what the recipe adds around it: eval
 before and after, a sample generation before and after, the best
 checkpoint by eval loss (load_best_model_at_end), resume from the latest
-checkpoint in the work directory, and warnings on the recipe's warning
+checkpoint in the work directory (or mirrored on S3), and warnings on the recipe's warning
 signs. Everything hardware-dependent is chosen in `hardware`.
 """
 
@@ -21,6 +21,7 @@ from sftjob.runconfig import RunConfig
 from sftjob.vocabulary import ExitCode, Reason
 from sftjob_runtime import hardware as hw_mod
 from sftjob_runtime.callbacks import MonitorCallback, TokenCounter
+from sftjob_runtime.checkpoint_sync import CheckpointMirror, mirror_uri, restore_checkpoints
 from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.events import emit
 from sftjob_runtime.hparams import Resolved, count_parameters, plan_steps, resolve
@@ -316,6 +317,12 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     eval_ds = Dataset.from_list(val_records) if val_records else None
     counter = TokenCounter()
     monitor = MonitorCallback(state, counter)
+    callbacks = [monitor]
+    if mirror_uri(cfg):
+        callbacks.append(CheckpointMirror(cfg))
+        # A new pod on an empty volume picks up where the last one stopped.
+        if not any(paths.checkpoints.glob("checkpoint-*")):
+            restore_checkpoints(cfg, paths.checkpoints)
     Trainer = make_trainer_class()
     trainer = Trainer(
         model=model,
@@ -323,7 +330,7 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=prep.tokenizer,
-        callbacks=[monitor],
+        callbacks=callbacks,
         token_counter=counter,
         fused_head=prep.hardware.device == "cuda",
     )

@@ -1,0 +1,121 @@
+"""Resume after preemption without a persistent volume: checkpoints mirrored to S3.
+
+When the output is on S3, every checkpoint the trainer saves is uploaded
+to `<output.uri>.checkpoints/checkpoint-<step>/` (with its manifest written
+last, so a half-uploaded checkpoint is never taken for a complete one), and
+remote checkpoints that the trainer rotated away locally are deleted. A new
+pod that starts with an empty work volume downloads the complete ones and
+resumes from the latest, losing at most one save interval. After the best
+checkpoint has been exported the mirror is deleted: the job no longer needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from sftjob.runconfig import RunConfig
+from sftjob_runtime.events import emit
+from sftjob_runtime.export import MANIFEST, export_checkpoint
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def mirror_uri(cfg: RunConfig) -> str | None:
+    """Where checkpoints are mirrored, or None when the output is not on S3."""
+    uri = cfg.output.uri
+    return f"{uri.rstrip('/')}.checkpoints" if uri.startswith("s3://") else None
+
+
+def _client(cfg: RunConfig):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=cfg.output.endpoint or None, region_name=cfg.output.region or None)
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def _remote_checkpoints(client, bucket: str, prefix: str) -> dict[str, list[str]]:
+    """checkpoint name -> keys under it."""
+    found: dict[str, list[str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        for obj in page.get("Contents", []):
+            name = obj["Key"][len(prefix) + 1:].split("/", 1)[0]
+            if CHECKPOINT_RE.match(name):
+                found.setdefault(name, []).append(obj["Key"])
+    return found
+
+
+def restore_checkpoints(cfg: RunConfig, local: Path) -> list[str]:
+    """Download every complete mirrored checkpoint into `local`; returns their names (oldest first)."""
+    uri = mirror_uri(cfg)
+    if uri is None:
+        return []
+    client = _client(cfg)
+    bucket, prefix = _split(uri)
+    restored = []
+    for name, keys in sorted(_remote_checkpoints(client, bucket, prefix).items(), key=lambda kv: int(kv[0].split("-")[1])):
+        manifest_key = f"{prefix}/{name}/{MANIFEST}"
+        if manifest_key not in keys:
+            continue  # interrupted upload: not a checkpoint to resume from
+        manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+        target = local / name
+        for entry in manifest["files"]:
+            dest = target / entry["path"]
+            if dest.is_file() and dest.stat().st_size == entry["size"]:
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".partial")
+            client.download_file(bucket, f"{prefix}/{name}/{entry['path']}", str(tmp))
+            tmp.replace(dest)
+        restored.append(name)
+    if restored:
+        emit("checkpoints_restored", uri=uri, checkpoints=restored)
+    return restored
+
+
+def delete_mirror(cfg: RunConfig) -> None:
+    """Remove the mirrored checkpoints (after a successful export)."""
+    uri = mirror_uri(cfg)
+    if uri is None:
+        return
+    client = _client(cfg)
+    bucket, prefix = _split(uri)
+    for keys in _remote_checkpoints(client, bucket, prefix).values():
+        _delete(client, bucket, keys)
+
+
+def _delete(client, bucket: str, keys: list[str]) -> None:
+    # The manifest goes first, so a checkpoint half-deleted is already "incomplete".
+    ordered = sorted(keys, key=lambda k: not k.endswith(MANIFEST))
+    for key in ordered:
+        client.delete_object(Bucket=bucket, Key=key)
+
+
+class CheckpointMirror(TrainerCallback):
+    """After each save: upload the new checkpoint, drop remote ones the trainer rotated away."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.uri = mirror_uri(cfg)
+
+    def on_save(self, args, state, control, **kw):
+        if self.uri is None or not state.is_world_process_zero:
+            return
+        local = Path(args.output_dir)
+        name = f"checkpoint-{state.global_step}"
+        export_checkpoint(local / name, f"{self.uri}/{name}", endpoint=self.cfg.output.endpoint,
+                          region=self.cfg.output.region, extra={"step": state.global_step})
+        keep = {p.name for p in local.iterdir() if CHECKPOINT_RE.match(p.name)}
+        client = _client(self.cfg)
+        bucket, prefix = _split(self.uri)
+        for other, keys in _remote_checkpoints(client, bucket, prefix).items():
+            if other not in keep:
+                _delete(client, bucket, keys)
+        emit("checkpoint_mirrored", uri=f"{self.uri}/{name}", step=state.global_step)
