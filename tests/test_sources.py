@@ -153,3 +153,21 @@ def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env
     assert client.get_object(Bucket=bucket, Key="out/pre/sftjob-manifest.json")
     # The model is exported, so the resume copies are gone.
     assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="out/pre.checkpoints/")
+
+
+def test_half_uploaded_checkpoint_is_not_resumed_from(s3_server, s3_env, tmp_path):  # noqa: F811
+    from sftjob_runtime.checkpoint_sync import restore_checkpoints
+    from sftjob_runtime.export import export_checkpoint
+
+    bucket = s3_server.bucket("sft")
+    src = tmp_path / "checkpoint-2"
+    src.mkdir()
+    (src / "trainer_state.json").write_text('{"global_step": 2}')
+    export_checkpoint(src, f"s3://{bucket}/o.checkpoints/checkpoint-2", endpoint=s3_server.endpoint)
+    # checkpoint-4's upload died before its manifest: it must be ignored.
+    s3_server.client().put_object(Bucket=bucket, Key="o.checkpoints/checkpoint-4/model.safetensors", Body=b"partial")
+    c = RunConfig(name="x", model=RunModel(source="m"), dataset=DatasetSpec(train="t.jsonl"),
+                  output=RunOutput(uri=f"s3://{bucket}/o", endpoint=s3_server.endpoint))
+    assert restore_checkpoints(c, tmp_path / "local") == ["checkpoint-2"]
+    assert (tmp_path / "local" / "checkpoint-2" / "trainer_state.json").read_text() == '{"global_step": 2}'
+    assert not (tmp_path / "local" / "checkpoint-4").exists()
