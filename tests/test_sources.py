@@ -138,16 +138,27 @@ def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env
         }))
         return path
 
+    import sftjob_runtime.train as train_mod
+
+    class Preempted(train_mod.MonitorCallback):
+        """Pod 1 is stopped after step 4 (its checkpoint saved), before it can export."""
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 4:
+                control.should_training_stop = True
+
     work = tmp_path / "work"
-    # Pod 1 trains 4 steps and is then "preempted" (never exports).
-    path1 = job(4)
-    train(prepare_run(load_run_config(path1), tmp_path), work)
+    path = job(6)
+    monkeypatch.setattr(train_mod, "MonitorCallback", Preempted)
+    train(prepare_run(load_run_config(path), tmp_path), work)
+    monkeypatch.undo()
     mirrored = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/pre.checkpoints/")["Contents"]}
     assert "out/pre.checkpoints/checkpoint-4/sftjob-manifest.json" in mirrored
     assert "out/pre.checkpoints/checkpoint-4/optimizer.pt" in mirrored
     shutil.rmtree(work)  # pod 2 gets a fresh, empty volume
 
-    assert run(str(job(6)), output_dir=str(work)) == 0
+    monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
+    assert run(str(path), output_dir=str(work)) == 0
     report = json.loads((work / "report.json").read_text())
     assert report["resumed_from"].endswith("checkpoint-4") and report["steps"] == 6
     assert client.get_object(Bucket=bucket, Key="out/pre/sftjob-manifest.json")
@@ -155,19 +166,23 @@ def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env
     assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="out/pre.checkpoints/")
 
 
-def test_half_uploaded_checkpoint_is_not_resumed_from(s3_server, s3_env, tmp_path):  # noqa: F811
-    from sftjob_runtime.checkpoint_sync import restore_checkpoints
+def test_only_complete_checkpoints_of_the_same_config_are_resumed_from(s3_server, s3_env, tmp_path):  # noqa: F811
+    from sftjob_runtime.checkpoint_sync import config_digest, restore_checkpoints
     from sftjob_runtime.export import export_checkpoint
 
     bucket = s3_server.bucket("sft")
+    c = RunConfig(name="x", model=RunModel(source="m"), dataset=DatasetSpec(train="t.jsonl"),
+                  output=RunOutput(uri=f"s3://{bucket}/o", endpoint=s3_server.endpoint))
     src = tmp_path / "checkpoint-2"
     src.mkdir()
     (src / "trainer_state.json").write_text('{"global_step": 2}')
-    export_checkpoint(src, f"s3://{bucket}/o.checkpoints/checkpoint-2", endpoint=s3_server.endpoint)
+    export_checkpoint(src, f"s3://{bucket}/o.checkpoints/checkpoint-2", endpoint=s3_server.endpoint,
+                      extra={"step": 2, "config": config_digest(c)})
     # checkpoint-4's upload died before its manifest: it must be ignored.
     s3_server.client().put_object(Bucket=bucket, Key="o.checkpoints/checkpoint-4/model.safetensors", Body=b"partial")
-    c = RunConfig(name="x", model=RunModel(source="m"), dataset=DatasetSpec(train="t.jsonl"),
-                  output=RunOutput(uri=f"s3://{bucket}/o", endpoint=s3_server.endpoint))
+    # checkpoint-6 is complete but from a run with other settings: never resumed.
+    export_checkpoint(src, f"s3://{bucket}/o.checkpoints/checkpoint-6", endpoint=s3_server.endpoint,
+                      extra={"step": 6, "config": "another-run"})
     assert restore_checkpoints(c, tmp_path / "local") == ["checkpoint-2"]
     assert (tmp_path / "local" / "checkpoint-2" / "trainer_state.json").read_text() == '{"global_step": 2}'
-    assert not (tmp_path / "local" / "checkpoint-4").exists()
+    assert not (tmp_path / "local" / "checkpoint-4").exists() and not (tmp_path / "local" / "checkpoint-6").exists()

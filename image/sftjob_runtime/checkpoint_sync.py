@@ -5,7 +5,10 @@ to `<output.uri>.checkpoints/checkpoint-<step>/` (with its manifest written
 last, so a half-uploaded checkpoint is never taken for a complete one), and
 remote checkpoints that the trainer rotated away locally are deleted. A new
 pod that starts with an empty work volume downloads the complete ones and
-resumes from the latest, losing at most one save interval. After the best
+resumes from the latest, losing at most one save interval, but only when
+the checkpoint was saved under the same run config (an SFTJob re-created
+with other settings and the same output never resumes someone else's
+state). After the best
 checkpoint has been exported the mirror is deleted: the job no longer needs it.
 """
 
@@ -22,6 +25,13 @@ from sftjob_runtime.events import emit
 from sftjob_runtime.export import MANIFEST, export_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """Identity of a run: checkpoints of another configuration (same output.uri) are never resumed."""
+    import hashlib
+
+    return hashlib.sha256(cfg.to_json().encode()).hexdigest()
 
 
 def mirror_uri(cfg: RunConfig) -> str | None:
@@ -65,6 +75,10 @@ def restore_checkpoints(cfg: RunConfig, local: Path) -> list[str]:
         if manifest_key not in keys:
             continue  # interrupted upload: not a checkpoint to resume from
         manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+        if manifest.get("config") != config_digest(cfg):
+            emit("checkpoint_not_restored", level="warning", uri=f"{uri}/{name}",
+                 message="it was saved by a run with a different configuration; starting from the base model")
+            continue
         target = local / name
         for entry in manifest["files"]:
             dest = target / entry["path"]
@@ -111,7 +125,8 @@ class CheckpointMirror(TrainerCallback):
         local = Path(args.output_dir)
         name = f"checkpoint-{state.global_step}"
         export_checkpoint(local / name, f"{self.uri}/{name}", endpoint=self.cfg.output.endpoint,
-                          region=self.cfg.output.region, extra={"step": state.global_step})
+                          region=self.cfg.output.region,
+                          extra={"step": state.global_step, "config": config_digest(self.cfg)})
         keep = {p.name for p in local.iterdir() if CHECKPOINT_RE.match(p.name)}
         client = _client(self.cfg)
         bucket, prefix = _split(self.uri)
