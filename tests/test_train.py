@@ -238,3 +238,27 @@ def test_packed_rows_do_not_attend_to_each_other(tiny_model_dir):  # noqa: F811
         alone = [model(input_ids=torch.tensor([r["input_ids"]]), use_cache=False).logits[0] for r in rows]
     torch.testing.assert_close(logits_packed[:30], alone[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits_packed[30:], alone[1], atol=1e-4, rtol=1e-4)
+
+
+def test_data_parallel_run_under_torchrun(tiny_model_dir, tmp_path):  # noqa: F811
+    """What the pod runs for gpus > 1: torchrun, one process per device (here 2 CPU processes, gloo).
+
+    The effective batch is kept by the real world size, and only rank 0 reports and exports.
+    """
+    import os
+
+    job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 4, "perDeviceBatchSize": 2, "effectiveBatchSize": 8})
+    term = tmp_path / "term"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SFTJOB_TERMINATION_LOG": str(term), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "sftjob.cli", "run", str(job), "--output", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "work" / "report.json").read_text())
+    assert report["resolved"]["devices"] == 2 and report["resolved"]["gradientAccumulationSteps"] == 2
+    assert report["steps"] == 4
+    assert r.stdout.count("SFTJob tiny: done") == 1  # one summary, from rank 0
+    assert Outcome.from_termination_message(term.read_text()).ok
+    assert (tmp_path / "export" / "sftjob-manifest.json").is_file()

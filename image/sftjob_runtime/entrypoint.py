@@ -45,8 +45,10 @@ def _quiet_libraries() -> None:
 
 def write_outcome(outcome: Outcome) -> None:
     """Write the termination message when running in a pod (or when SFTJOB_TERMINATION_LOG is set)."""
+    from sftjob_runtime.hardware import is_main_process
+
     path = os.environ.get(ENV_TERMINATION_LOG) or (TERMINATION_LOG if os.path.exists(TERMINATION_LOG) else None)
-    if not path:
+    if not path or not is_main_process():  # one container, one message: rank 0's
         return
     try:
         Path(path).write_text(outcome.to_termination_message())
@@ -137,16 +139,19 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
     """The whole job: prepare → sanity (when enabled and not already passed) → train → export → summary."""
     _quiet_libraries()
     from sftjob_runtime.export import export_checkpoint
+    from sftjob_runtime.hardware import is_main_process
     from sftjob_runtime.sanity import run_sanity
     from sftjob_runtime.train import prepare_run, train
 
     cfg, base = _load(file)
     work = Path(output_dir) if output_dir else Path.cwd() / "runs" / cfg.name
     state = ProgressState()
-    server = serve_from_env(state)
+    main = is_main_process()  # under torchrun only rank 0 reports and exports
+    server = serve_from_env(state) if main else None
     try:
         prep = prepare_run(cfg, base)
-        _print_resolved(prep)
+        if main:
+            _print_resolved(prep)
         # In a pod the init container has already run the check (and passed, or this would not start).
         if cfg.sanityCheck.enabled and not skip_sanity:
             print(f"sanity check: {cfg.sanityCheck.steps} steps on {min(cfg.sanityCheck.samples, len(prep.train.rows))} rows ...")
@@ -155,6 +160,8 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
             if not result.passed:
                 return _fail(result.reason, f"sanity check failed: {result.message}", ExitCode.SANITY_FAILED, sanity=result)
         res = train(prep, work, state)
+        if not main:
+            return 0
         state.update(stage="exporting")
         dest = export_checkpoint(Path(res.best_dir), cfg.output.uri if "://" in cfg.output.uri else str(base / cfg.output.uri),
                                  endpoint=cfg.output.endpoint, region=cfg.output.region,

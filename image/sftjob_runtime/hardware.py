@@ -43,6 +43,16 @@ def _cpu_flags() -> tuple[str, ...]:
     return ()
 
 
+def world_size() -> int:
+    """Data-parallel processes of this run (torchrun sets WORLD_SIZE; a plain run is 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 does the run's side effects: export, report, progress endpoint, termination message."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def detect_hardware() -> Hardware:
     """Inspect torch/CUDA and /proc/cpuinfo."""
     import torch

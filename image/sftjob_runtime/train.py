@@ -284,7 +284,9 @@ def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
         params = count_parameters(model_path, revision=cfg.model.revision, trust_remote_code=cfg.model.trustRemoteCode, token=hf_token())
     except OSError as e:
         raise model_error(cfg.model.source, e) from None
-    r = resolve(cfg.training, params, cfg.devices)
+    # The processes actually running (torchrun's WORLD_SIZE), so a manifest written for
+    # 8 GPUs run locally on one device keeps its effective batch through accumulation.
+    r = resolve(cfg.training, params, hw_mod.world_size())
     r.dtype, r.attention = dtype, attention
     r.gradientCheckpointing = hw_mod.choose_checkpointing(cfg.training.gradientCheckpointing, hw)
     plan_steps(r, cfg.training, len(train.records()))
@@ -307,8 +309,10 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     paths.root.mkdir(parents=True, exist_ok=True)
     state = state or ProgressState()
     t0 = time.monotonic()
-    paths.resolved.write_text(json.dumps(r.as_dict(), indent=2))
-    emit("resolved", **{k: v for k, v in r.as_dict().items() if k != "origin"})
+    main = hw_mod.is_main_process()
+    if main:
+        paths.resolved.write_text(json.dumps(r.as_dict(), indent=2))
+        emit("resolved", **{k: v for k, v in r.as_dict().items() if k != "origin"})
 
     state.update(stage="loading")
     model = _load_model(cfg, prep.model_path, r.dtype, r.attention)
@@ -318,15 +322,19 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     counter = TokenCounter()
     monitor = MonitorCallback(state, counter)
     callbacks = [monitor]
+    # Building the arguments sets up the process group when torchrun started several processes.
+    args = build_sft_config(cfg, r, paths, has_eval=eval_ds is not None)
     if mirror_uri(cfg):
-        callbacks.append(CheckpointMirror(cfg))
-        # A new pod on an empty volume picks up where the last one stopped.
-        if not any(paths.checkpoints.glob("checkpoint-*")):
-            restore_checkpoints(cfg, paths.checkpoints)
+        if main:
+            callbacks.append(CheckpointMirror(cfg))
+            # A new pod on an empty volume picks up where the last one stopped.
+            if not any(paths.checkpoints.glob("checkpoint-*")):
+                restore_checkpoints(cfg, paths.checkpoints)
+        _wait_for_everyone()  # every rank must see the restored checkpoints before it looks for them
     Trainer = make_trainer_class()
     trainer = Trainer(
         model=model,
-        args=build_sft_config(cfg, r, paths, has_eval=eval_ds is not None),
+        args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=prep.tokenizer,
@@ -342,7 +350,8 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
         if eval_ds is not None:
             state.update(stage="evaluating")
             before = float(trainer.evaluate()["eval_loss"])
-        sample_before = generate_sample(trainer.model, prep.tokenizer, sample_msgs)
+        if main:
+            sample_before = generate_sample(trainer.model, prep.tokenizer, sample_msgs)
     else:
         emit("resume", checkpoint=last)
     state.update(stage="training")
@@ -354,10 +363,11 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     if eval_ds is not None:
         state.update(stage="evaluating")
         after = float(trainer.evaluate()["eval_loss"])
-    sample_after = generate_sample(trainer.model, prep.tokenizer, sample_msgs)
+    sample_after = generate_sample(trainer.model, prep.tokenizer, sample_msgs) if main else None
     best_step = _step_of(trainer.state.best_model_checkpoint) if trainer.state.best_model_checkpoint else trainer.state.global_step
-    trainer.save_model(str(paths.best))
-    prep.tokenizer.save_pretrained(str(paths.best))
+    trainer.save_model(str(paths.best))  # every rank calls it; only the main process writes
+    if main:
+        prep.tokenizer.save_pretrained(str(paths.best))
     result = TrainResult(
         name=cfg.name,
         best_dir=str(paths.best),
@@ -382,9 +392,16 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
         warnings=list(state.snapshot().warnings),
         resumed_from=last,
     )
-    paths.report.write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    if main:
+        paths.report.write_text(json.dumps(result.as_dict(), indent=2, default=str))
     state.update(stage="exporting", bestEvalLoss=result.best_eval_loss, bestStep=best_step)
     return result
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
 
 
 def _step_of(checkpoint: str) -> int | None:

@@ -260,10 +260,16 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: dict[str, bool]) ->
     if r.affinity:
         pod["affinity"] = r.affinity
     if s.sanityCheck.enabled:
+        # The check is one process; with several GPUs visible, one process would fall into
+        # DataParallel (which TRL refuses), so it gets the first GPU only.
+        sanity_env = env + [{"name": "CUDA_VISIBLE_DEVICES", "value": "0"}] if r.gpus > 1 else env
         pod["initContainers"] = [_container(
-            vocab.SANITY_CONTAINER, image, config, ["sftjob", "sanity", vocab.RUN_CONFIG_PATH], env, resources, mounts,
+            vocab.SANITY_CONTAINER, image, config, ["sftjob", "sanity", vocab.RUN_CONFIG_PATH], sanity_env, resources, mounts,
         )]
     train_args = ["sftjob", "run", vocab.RUN_CONFIG_PATH, "--output", OUTPUT_DIR]
+    if r.gpus > 1:
+        # One data-parallel process per GPU (DDP); rank 0 reports and exports.
+        train_args = ["torchrun", "--standalone", f"--nproc-per-node={r.gpus}", "-m", "sftjob.cli", *train_args[1:]]
     if s.sanityCheck.enabled:
         # The init container has run (and passed) the check; the main container must not repeat it.
         train_args.append("--skip-sanity")
