@@ -262,3 +262,18 @@ def test_data_parallel_run_under_torchrun(tiny_model_dir, tmp_path):  # noqa: F8
     assert r.stdout.count("SFTJob tiny: done") == 1  # one summary, from rank 0
     assert Outcome.from_termination_message(term.read_text()).ok
     assert (tmp_path / "export" / "sftjob-manifest.json").is_file()
+
+
+def test_lora_run_exports_the_best_adapter(tiny_model_dir, tmp_path):  # noqa: F811
+    """With spec.training.lora the base weights stay frozen and the exported checkpoint is the PEFT adapter."""
+    from peft import AutoPeftModelForCausalLM
+
+    from sftjob_runtime.entrypoint import run
+
+    job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 4, "lora": {"r": 4, "alpha": 8}})
+    assert run(str(job), output_dir=str(tmp_path / "work")) == 0
+    exported = tmp_path / "export"
+    assert (exported / "adapter_config.json").is_file() and (exported / "adapter_model.safetensors").is_file()
+    assert not (exported / "model.safetensors").exists()
+    model = AutoPeftModelForCausalLM.from_pretrained(exported)
+    assert model.peft_config["default"].r == 4
