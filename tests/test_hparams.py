@@ -70,3 +70,11 @@ def test_attention_and_checkpointing_defaults():
     assert choose_checkpointing(None, A100) is True
     assert choose_checkpointing(False, A100) is False
 
+
+
+def test_quantized_loading_needs_a_cuda_gpu():
+    from sftjob_runtime.hardware import check_quantization
+
+    check_quantization("none", CPU)
+    with pytest.raises(RuntimeFailure, match="spec.model.quantization: 4bit loading needs a CUDA GPU"):
+        check_quantization("4bit", CPU)

@@ -108,6 +108,25 @@ def choose_attention(requested: str, hw: Hardware, dtype: str) -> str:
     return requested
 
 
+def check_quantization(requested: str, hw: Hardware) -> None:
+    """4-/8-bit loading (QLoRA) needs bitsandbytes and a CUDA GPU: say so up front, not deep in loading."""
+    if requested == "none":
+        return
+    if hw.device != "cuda":
+        raise RuntimeFailure(
+            Reason.INVALID_SPEC,
+            f"spec.model.quantization: {requested} loading needs a CUDA GPU; use quantization: none on {hw.device_name}",
+            ExitCode.INVALID_CONFIG,
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeFailure(
+            Reason.INVALID_SPEC,
+            f"spec.model.quantization: {requested} loading needs the bitsandbytes package in the training image "
+            "(pip install 'sftjob[qlora]')",
+            ExitCode.INVALID_CONFIG,
+        )
+
+
 def choose_checkpointing(requested: bool | None, hw: Hardware) -> bool:
     """Default: on for GPUs (memory is the limit), off on CPU (time is)."""
     return (hw.device == "cuda") if requested is None else requested

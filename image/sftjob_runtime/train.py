@@ -266,6 +266,7 @@ def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
     hw = hw_mod.detect_hardware()
     dtype = hw_mod.choose_dtype(cfg.model.dtype, hw)
     attention = hw_mod.choose_attention(cfg.model.attention, hw, dtype)
+    hw_mod.check_quantization(cfg.model.quantization, hw)
     model_path = localize_model(cfg, base)
     tokenizer, masker = load_tokenizer(cfg, model_path)
     train_ex, val_ex = load_splits(cfg, base)
