@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from sftjob.runconfig import RunConfig
 from sftjob_runtime.events import emit
 from sftjob_runtime.export import MANIFEST, export_checkpoint
+from sftjob_runtime.sources import download, s3_client, split_s3
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -41,13 +42,11 @@ def mirror_uri(cfg: RunConfig) -> str | None:
 
 
 def _client(cfg: RunConfig):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=cfg.output.endpoint or None, region_name=cfg.output.region or None)
+    return s3_client(cfg.output.endpoint, cfg.output.region)
 
 
 def _split(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    bucket, prefix = split_s3(uri)
     return bucket, prefix.strip("/")
 
 
@@ -81,13 +80,7 @@ def restore_checkpoints(cfg: RunConfig, local: Path) -> list[str]:
             continue
         target = local / name
         for entry in manifest["files"]:
-            dest = target / entry["path"]
-            if dest.is_file() and dest.stat().st_size == entry["size"]:
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".partial")
-            client.download_file(bucket, f"{prefix}/{name}/{entry['path']}", str(tmp))
-            tmp.replace(dest)
+            download(client, bucket, f"{prefix}/{name}/{entry['path']}", target / entry["path"], entry["size"])
         restored.append(name)
     if restored:
         emit("checkpoints_restored", uri=uri, checkpoints=restored)

@@ -202,7 +202,9 @@ def _to_s3(src: Path, uri: str, extra: dict, endpoint: str | None, region: str |
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
     from botocore.config import Config
 
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    from sftjob_runtime.sources import split_s3
+
+    bucket, prefix = split_s3(uri)
     prefix = prefix.strip("/")
     if not bucket:
         raise RuntimeFailure(Reason.EXPORT_FAILED, f"spec.output.uri: {uri!r} names no bucket; use "

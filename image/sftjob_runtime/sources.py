@@ -22,10 +22,21 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _client(endpoint: str | None, region: str | None):
+def s3_client(endpoint: str | None, region: str | None):
+    """A boto3 S3 client for the job's endpoint and region (credentials from the environment or identity)."""
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None)
+
+
+def download(client, bucket: str, key: str, dest: Path, size: int | None = None) -> None:
+    """Download one object through a `.partial` file (never a half file under the real name); skip a same-size copy."""
+    if size is not None and dest.is_file() and dest.stat().st_size == size:
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".partial")
+    client.download_file(bucket, key, str(tmp))
+    tmp.replace(dest)
 
 
 def fetch_s3_file(uri: str, dest_dir: Path, *, field: str, endpoint: str | None = None, region: str | None = None) -> str:
@@ -35,13 +46,8 @@ def fetch_s3_file(uri: str, dest_dir: Path, *, field: str, endpoint: str | None 
     bucket, key = split_s3(uri)
     dest = dest_dir / bucket / key
     try:
-        client = _client(endpoint, region)
-        size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
-        if not (dest.is_file() and dest.stat().st_size == size):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".partial")
-            client.download_file(bucket, key, str(tmp))
-            tmp.replace(dest)
+        client = s3_client(endpoint, region)
+        download(client, bucket, key, dest, client.head_object(Bucket=bucket, Key=key)["ContentLength"])
     except (ClientError, BotoCoreError) as e:
         raise RuntimeFailure(Reason.DATASET_NOT_FOUND, f"{field}: cannot read {uri} ({_brief(e)})", ExitCode.DATASET) from None
     return str(dest)
@@ -55,7 +61,7 @@ def fetch_s3_prefix(uri: str, dest_dir: Path, *, field: str, endpoint: str | Non
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     root = dest_dir / bucket / prefix
     try:
-        client = _client(endpoint, region)
+        client = s3_client(endpoint, region)
         found = 0
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
@@ -63,13 +69,7 @@ def fetch_s3_prefix(uri: str, dest_dir: Path, *, field: str, endpoint: str | Non
                 if not rel or rel.endswith("/"):
                     continue
                 found += 1
-                dest = root / rel
-                if dest.is_file() and dest.stat().st_size == obj["Size"]:
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(dest.name + ".partial")
-                client.download_file(bucket, obj["Key"], str(tmp))
-                tmp.replace(dest)
+                download(client, bucket, obj["Key"], root / rel, obj["Size"])
     except (ClientError, BotoCoreError) as e:
         raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"{field}: cannot read {uri} ({_brief(e)})", ExitCode.MODEL) from None
     if not found:
