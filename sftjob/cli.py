@@ -78,15 +78,9 @@ _BlockDumper.add_representer(str, _str_block)
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Show the first N examples as the trainer sees them."""
-    from sftjob_runtime.errors import RuntimeFailure
-    from sftjob_runtime.preview import preview
+    from sftjob_runtime.entrypoint import preview
 
-    try:
-        return preview(args.file, n=args.n, as_json=args.json)
-    except ManifestError as e:
-        return _fail(e.errors)
-    except RuntimeFailure as e:
-        return _fail(str(e), e.exit_code)
+    return preview(args.file, n=args.n, as_json=args.json)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -78,3 +78,9 @@ def test_quantized_loading_needs_a_cuda_gpu():
     check_quantization("none", CPU)
     with pytest.raises(RuntimeFailure, match="spec.model.quantization: 4bit loading needs a CUDA GPU"):
         check_quantization("4bit", CPU)
+
+
+def test_save_steps_alone_sets_the_eval_cadence():
+    t = TrainingSpec(perDeviceBatchSize=4, effectiveBatchSize=8, epochs=1, saveSteps=7)
+    r = plan_steps(resolve(t, int(135e6), 1), t, train_rows=300)
+    assert (r.evalSteps, r.saveSteps) == (7, 7) and r.origin["evalSteps"] == "default:saveSteps"

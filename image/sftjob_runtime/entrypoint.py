@@ -98,6 +98,15 @@ def _is_oom(e: Exception) -> bool:
 
 
 @_guarded
+def preview(file: str, n: int = 3, as_json: bool = False) -> int:
+    """`sftjob preview`, with the same one-line errors as run and sanity."""
+    _quiet_libraries()
+    from sftjob_runtime.preview import preview as show
+
+    return show(file, n=n, as_json=as_json)
+
+
+@_guarded
 def sanity(file: str, as_json: bool = False) -> int:
     """Run the sanity check alone; exit 0 when it passes, SANITY_FAILED when it does not."""
     _quiet_libraries()
@@ -163,7 +172,7 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
         if not main:
             return 0
         state.update(stage="exporting")
-        dest = export_checkpoint(Path(res.best_dir), cfg.output.uri if "://" in cfg.output.uri else str(base / cfg.output.uri),
+        dest = export_checkpoint(Path(res.best_dir), _output_location(cfg.output.uri, base),
                                  endpoint=cfg.output.endpoint, region=cfg.output.region,
                                  extra={"name": cfg.name, "step": res.best_step, "evalLoss": res.best_eval_loss})
         state.update(stage="done")
@@ -183,6 +192,13 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
         resolved={k: v for k, v in res.resolved.items() if k != "origin"},
     ))
     return 0
+
+
+def _output_location(uri: str, base: Path) -> str:
+    """s3:// as given; file:// and plain paths resolved like every other path of the manifest."""
+    from sftjob_runtime.prepare import resolve_path
+
+    return uri if uri.startswith("s3://") else resolve_path(uri, base)
 
 
 def _drop_mirror(cfg: RunConfig) -> None:

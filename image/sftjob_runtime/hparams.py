@@ -134,6 +134,9 @@ def plan_steps(resolved: Resolved, training: TrainingSpec, train_rows: int) -> R
     resolved.totalSteps = total
     if training.evalSteps is not None:
         resolved.evalSteps, resolved.origin["evalSteps"] = training.evalSteps, "spec"
+    elif training.saveSteps is not None:
+        # Evaluate where checkpoints are saved, so the best one by eval loss is always on disk.
+        resolved.evalSteps, resolved.origin["evalSteps"] = training.saveSteps, "default:saveSteps"
     else:
         resolved.evalSteps, resolved.origin["evalSteps"] = max(1, total // 10), "default:~10 evaluations"
     if training.saveSteps is not None:

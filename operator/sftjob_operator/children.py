@@ -9,7 +9,6 @@ the same name that belongs to someone else is never adopted.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 from collections.abc import Mapping
@@ -124,15 +123,14 @@ async def start_sftjob(
         return _invalid(body, [str(e)], generation, events, logger)
 
     uid = obj["metadata"].get("uid")
-    # Both at once: the Job does not need its ConfigMap to exist yet (the kubelet waits
-    # for the volume's source), and one round trip less is the create->Job latency users see.
-    results = await asyncio.gather(*(ensure_child(kube, m, uid, logger) for m in manifests), return_exceptions=True)
-    for result in results:
-        if isinstance(result, ChildConflict):
-            return _invalid(body, [str(result)], generation, events, logger)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    # In order, ConfigMap first: a Job must never start (and hold GPUs) when its run
+    # config could not be created, or when the name belongs to someone else's ConfigMap.
+    results = []
+    for manifest in manifests:
+        try:
+            results.append(await ensure_child(kube, manifest, uid, logger))
+        except ChildConflict as e:
+            return _invalid(body, [str(e)], generation, events, logger)
     children = ", ".join(f"{m['kind']} {m['metadata']['name']}" for m in manifests)
 
     job = next(m for m in manifests if m["kind"] == "Job")

@@ -98,8 +98,9 @@ def render(job: SFTJob, config: OperatorConfig) -> list[dict]:
 def spec_hash(run_config_json: str, job_spec: dict) -> str:
     """sha256 over the canonical run config and the Job spec (less `suspend`, which may change).
 
-    The operator compares it with the annotation on existing children to
-    tell "already created from this spec" from "created from another one".
+    Stamped on both children so a person (or a later tool) can tell which
+    spec a Job was made from; the operator itself recognises its children by
+    their owner reference.
     """
     relevant = {k: v for k, v in job_spec.items() if k != "suspend"}
     canonical = json.dumps({"runConfig": json.loads(run_config_json), "jobSpec": relevant},
