@@ -186,3 +186,13 @@ def test_only_complete_checkpoints_of_the_same_config_are_resumed_from(s3_server
     assert restore_checkpoints(c, tmp_path / "local") == ["checkpoint-2"]
     assert (tmp_path / "local" / "checkpoint-2" / "trainer_state.json").read_text() == '{"global_step": 2}'
     assert not (tmp_path / "local" / "checkpoint-4").exists() and not (tmp_path / "local" / "checkpoint-6").exists()
+
+
+def test_mirror_trouble_is_one_line_naming_the_output(s3_server, s3_env, tmp_path):  # noqa: F811
+    from sftjob_runtime.checkpoint_sync import restore_checkpoints
+
+    c = RunConfig(name="x", model=RunModel(source="m"), dataset=DatasetSpec(train="t.jsonl"),
+                  output=RunOutput(uri="s3://no-such-bucket-here/o", endpoint=s3_server.endpoint))
+    with pytest.raises(RuntimeFailure) as e:
+        restore_checkpoints(c, tmp_path)
+    assert str(e.value).startswith("spec.output.uri: checkpoint mirror: NoSuchBucket") and "\n" not in str(e.value)

@@ -21,9 +21,11 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from sftjob.runconfig import RunConfig
+from sftjob.vocabulary import ExitCode, Reason
+from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.events import emit
 from sftjob_runtime.export import MANIFEST, export_checkpoint
-from sftjob_runtime.sources import download, s3_client, split_s3
+from sftjob_runtime.sources import brief_error, download, s3_client, split_s3
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -61,6 +63,24 @@ def _remote_checkpoints(client, bucket: str, prefix: str) -> dict[str, list[str]
     return found
 
 
+def _storage_errors(fn):
+    """S3 trouble while mirroring or restoring becomes one line naming spec.output.uri, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ClientError, BotoCoreError, ValueError, KeyError) as e:
+            raise RuntimeFailure(Reason.EXPORT_FAILED, f"spec.output.uri: checkpoint mirror: {brief_error(e)}",
+                                 ExitCode.EXPORT_FAILED) from None
+
+    return wrapper
+
+
+@_storage_errors
 def restore_checkpoints(cfg: RunConfig, local: Path) -> list[str]:
     """Download every complete mirrored checkpoint into `local`; returns their names (oldest first)."""
     uri = mirror_uri(cfg)
@@ -112,6 +132,7 @@ class CheckpointMirror(TrainerCallback):
         self.cfg = cfg
         self.uri = mirror_uri(cfg)
 
+    @_storage_errors
     def on_save(self, args, state, control, **kw):
         if self.uri is None or not state.is_world_process_zero:
             return

@@ -49,7 +49,7 @@ def fetch_s3_file(uri: str, dest_dir: Path, *, field: str, endpoint: str | None 
         client = s3_client(endpoint, region)
         download(client, bucket, key, dest, client.head_object(Bucket=bucket, Key=key)["ContentLength"])
     except (ClientError, BotoCoreError) as e:
-        raise RuntimeFailure(Reason.DATASET_NOT_FOUND, f"{field}: cannot read {uri} ({_brief(e)})", ExitCode.DATASET) from None
+        raise RuntimeFailure(Reason.DATASET_NOT_FOUND, f"{field}: cannot read {uri} ({brief_error(e)})", ExitCode.DATASET) from None
     return str(dest)
 
 
@@ -71,13 +71,13 @@ def fetch_s3_prefix(uri: str, dest_dir: Path, *, field: str, endpoint: str | Non
                 found += 1
                 download(client, bucket, obj["Key"], root / rel, obj["Size"])
     except (ClientError, BotoCoreError) as e:
-        raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"{field}: cannot read {uri} ({_brief(e)})", ExitCode.MODEL) from None
+        raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"{field}: cannot read {uri} ({brief_error(e)})", ExitCode.MODEL) from None
     if not found:
         raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"{field}: no objects under {uri}", ExitCode.MODEL)
     return str(root)
 
 
-def _brief(e: Exception) -> str:
+def brief_error(e: Exception) -> str:
     """The error code and message, never request details (which can carry signed URLs)."""
     err = getattr(e, "response", {}).get("Error", {}) if hasattr(e, "response") else {}
     if err:
