@@ -245,6 +245,16 @@ def test_create_makes_an_owned_configmap_and_job_and_reports_pending(cluster: Cl
     assert events[0]["message"] == "Created ConfigMap llama-run-config, Job llama-sft."
 
 
+def test_job_deleted_mid_run_fails_the_sftjob_instead_of_waiting_forever(cluster: Cluster, ns: str) -> None:
+    cluster.create("gone", ns)
+    cluster.wait_job("gone", ns)
+    cluster.wait_phase("gone", ns, "Pending")
+    cluster.client.delete("batch/v1", "jobs", ns, "gone-sft")
+    obj = cluster.wait_phase("gone", ns, "Failed")
+    cond = cluster.condition(obj, "Failed")
+    assert "Job gone-sft was deleted before it finished" in cond["message"]
+
+
 def test_invalid_spec_fails_naming_the_field_and_creates_nothing(cluster: Cluster, ns: str) -> None:
     cluster.create("bad", ns, training={"learningRate": -1})
     obj = cluster.wait_phase("bad", ns, "Failed")

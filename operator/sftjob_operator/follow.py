@@ -413,6 +413,16 @@ class Follower:
         if done is not None:
             logger.info("%s Job %s", "suspended" if suspend else "resumed", job_name)
 
+    async def job_deleted(self, key: Key, job_name: str) -> None:
+        """A Job of ours was deleted: an SFTJob still waiting on it can never finish, so it fails (and says why)."""
+        async with self._lock(key):
+            sft = self._sftjob(key)
+            if sft is None:
+                return  # the SFTJob itself is gone: the garbage collector removed its Job
+            status = self._so_far(key, sft)
+            if status.get("jobName") == job_name and status.get("phase") not in _TERMINAL:
+                await self._write(key, sft, status, job_lost_status(status, job_name))
+
     async def resumed(self, key: Key) -> None:
         """After an operator restart: fail an unfinished SFTJob whose Job vanished meanwhile, then catch up."""
         async with self._lock(key):

@@ -145,9 +145,15 @@ async def sftjob_event(namespace: str, name: str, type: str | None, memo: kopf.M
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
-async def job_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    """A Job changed: recompute its SFTJob's status."""
-    await _ctx(memo).follower.reconcile((namespace, labels[LABEL_JOB_NAME]))
+async def job_event(
+    namespace: str, name: str, type: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """A Job changed: recompute its SFTJob's status (a deleted Job fails an SFTJob still waiting on it)."""
+    key = (namespace, labels[LABEL_JOB_NAME])
+    if type == "DELETED":
+        await _ctx(memo).follower.job_deleted(key, name)
+    else:
+        await _ctx(memo).follower.reconcile(key)
 
 
 @kopf.on.event("v1", "pods", labels=OURS)

@@ -566,11 +566,10 @@ def spec_ignored_status(
 
 
 def job_lost_status(current: Mapping[str, Any], job_name: str, now: datetime.datetime | None = None) -> dict[str, Any]:
-    """Merge patch for an unfinished SFTJob whose Job vanished while the operator was not watching."""
+    """Merge patch for an unfinished SFTJob whose Job was deleted (seen, or found missing after a restart)."""
     message = (
-        f"Job {job_name} was deleted before the operator saw it finish (by hand, or by its "
-        "ttlSecondsAfterFinished while the operator was down), so the result is unknown. Delete and re-create "
-        "the SFTJob to run it again."
+        f"Job {job_name} was deleted before it finished (by hand, or by its ttlSecondsAfterFinished while "
+        "the operator was down), so the result is unknown. Delete and re-create the SFTJob to run it again."
     )
     stamp = now_rfc3339(now)
     conds = set_condition(current.get("conditions") or [], ConditionType.FAILED.value, "True", Reason.INTERNAL_ERROR.value, message, stamp)
