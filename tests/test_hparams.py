@@ -53,13 +53,32 @@ def test_step_plan_gives_about_ten_evaluations():
     assert r.totalSteps == 38 and r.evalSteps == 3 and r.saveSteps == 3
 
 
-def test_precision_follows_the_hardware():
+def test_precision_follows_the_hardware(capsys):
     assert choose_dtype("auto", CPU) == "float32"
     assert choose_dtype("auto", CPU_BF16) == "bfloat16"
     assert choose_dtype("auto", A100) == "bfloat16"
     assert choose_dtype("auto", T4) == "float32"
-    with pytest.raises(RuntimeFailure, match="spec.model.dtype: bfloat16 is not supported"):
-        choose_dtype("bfloat16", CPU)
+    # Asked for explicitly on a CPU without native bf16: emulated (slow), with a warning, never refused.
+    assert choose_dtype("bfloat16", CPU) == "bfloat16"
+    assert "emulated" in capsys.readouterr().err
+    with pytest.raises(RuntimeFailure, match="spec.model.dtype: bfloat16 needs an Ampere or newer GPU"):
+        choose_dtype("bfloat16", T4)
+
+
+@pytest.mark.parametrize(("flag", "bf16"), [("1", True), ("0", False)])
+def test_cpu_precision_detection_can_be_forced(monkeypatch, flag, bf16):
+    from sftjob_runtime.hardware import detect_hardware
+
+    monkeypatch.setenv("SFTJOB_CPU_BF16", flag)
+    assert detect_hardware().bf16 is bf16
+
+
+def test_a_bad_precision_override_is_one_line_naming_it(monkeypatch):
+    from sftjob_runtime.hardware import detect_hardware
+
+    monkeypatch.setenv("SFTJOB_CPU_BF16", "yes")
+    with pytest.raises(RuntimeFailure, match="SFTJOB_CPU_BF16='yes': use 1"):
+        detect_hardware()
 
 
 def test_attention_and_checkpointing_defaults():

@@ -11,7 +11,7 @@ import pytest
 
 from sftjob.report import Outcome
 from sftjob_runtime.sanity import garbled
-from tests.support.models import demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
+from tests.support.models import cpu_precision, demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
 from tests.test_train import write_job
 
 
@@ -37,7 +37,7 @@ def sanity_cli(job, term) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_loss_that_does_not_fall_fails_the_gate_with_its_reason(tiny_model_dir, tmp_path):  # noqa: F811
+def test_loss_that_does_not_fall_fails_the_gate_with_its_reason(tiny_model_dir, tmp_path, cpu_precision):  # noqa: F811
     # A learning rate that cannot move the weights: the same rows score the same before and after.
     job = write_job(tmp_path, tiny_model_dir, training={"learningRate": 1e-12}, sanity=True)
     term = tmp_path / "term"

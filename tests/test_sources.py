@@ -11,7 +11,7 @@ from sftjob.runconfig import RunConfig, RunModel, RunOutput
 from sftjob.spec import DatasetSpec
 from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.prepare import load_splits, localize_model
-from tests.support.models import demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
+from tests.support.models import cpu_precision, demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
 from tests.support.s3 import s3_env, s3_server  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_missing_local_data_file_names_the_field(tmp_path):
     assert e.value.reason.value == "DatasetNotFound"
 
 
-def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch, cpu_precision):  # noqa: F811
     """No persistent volume: the first pod dies after its saves; the next starts empty and resumes from S3."""
     import shutil
 
@@ -161,6 +161,7 @@ def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env
     assert run(str(path), output_dir=str(work)) == 0
     report = json.loads((work / "report.json").read_text())
     assert report["resumed_from"].endswith("checkpoint-4") and report["steps"] == 6
+    assert report["resolved"]["dtype"] == cpu_precision
     assert client.get_object(Bucket=bucket, Key="out/pre/sftjob-manifest.json")
     # The model is exported, so the resume copies are gone.
     assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="out/pre.checkpoints/")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from sftjob.report import Outcome
-from tests.support.models import demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
+from tests.support.models import PRECISIONS, cpu_precision, demo_model_dir, forced_precision, tiny_model_dir  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
@@ -46,22 +46,24 @@ def write_job(tmp: Path, model: Path, *, name="tiny", train_rows=48, val_rows=12
     return path
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_model_dir, tmp_path_factory):  # noqa: F811
-    """One real run, shared by the assertions below."""
+@pytest.fixture(scope="module", params=sorted(PRECISIONS))
+def trained(request, tiny_model_dir, tmp_path_factory):  # noqa: F811
+    """One real run per CPU precision path (forced, whatever this CPU has), shared by the assertions below."""
     from sftjob_runtime.entrypoint import run
 
-    tmp = tmp_path_factory.mktemp("train")
+    tmp = tmp_path_factory.mktemp(f"train-{request.param}")
     job = write_job(tmp, tiny_model_dir)
     termination = tmp / "termination-log"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SFTJOB_TERMINATION_LOG", str(termination))
-    try:
-        rc = run(str(job), output_dir=str(tmp / "work"))
-    finally:
-        mp.undo()
+    with forced_precision(request.param):
+        mp = pytest.MonkeyPatch()
+        mp.setenv("SFTJOB_TERMINATION_LOG", str(termination))
+        try:
+            rc = run(str(job), output_dir=str(tmp / "work"))
+        finally:
+            mp.undo()
     assert rc == 0
-    return tmp, json.loads((tmp / "work" / "report.json").read_text()), termination
+    # The precision is forced only for the run itself; the resume test forces it again.
+    return tmp, json.loads((tmp / "work" / "report.json").read_text()), termination, request.param
 
 
 def eval_history(work: Path) -> dict[int, float]:
@@ -74,7 +76,7 @@ def eval_history(work: Path) -> dict[int, float]:
 def test_best_checkpoint_is_the_lowest_eval_loss_and_is_what_is_exported(trained):
     from safetensors.torch import load_file
 
-    tmp, report, _ = trained
+    tmp, report, *_ = trained
     work = tmp / "work"
     history = eval_history(work)
     assert len(history) >= 5
@@ -94,12 +96,14 @@ def test_best_checkpoint_is_the_lowest_eval_loss_and_is_what_is_exported(trained
 
 
 def test_eval_loss_improves_and_report_is_complete(trained):
-    _, report, _ = trained
+    _, report, *_ = trained
     assert report["eval_loss_after"] < report["eval_loss_before"]
     assert report["resolved"]["gradientAccumulationSteps"] == 1
     assert report["resolved"]["origin"]["learningRate"] == "spec"
     assert report["resolved"]["origin"]["warmupRatio"].startswith("default:")
-    assert report["resolved"]["dtype"] in ("float32", "bfloat16")
+    dtype = PRECISIONS[trained[3]][1]
+    assert report["resolved"]["dtype"] == dtype  # the forced precision path really ran
+    assert report["hardware"]["bf16"] is (dtype == "bfloat16")
     assert report["data"]["trainRows"] == 48 and report["data"]["validationRows"] == 12
     assert report["tokens_seen"] > 12 * 4 * 50
     assert report["sample_after"] is not None
@@ -108,7 +112,7 @@ def test_eval_loss_improves_and_report_is_complete(trained):
 def test_best_model_reloads_with_its_chat_template(trained):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp, _, _ = trained
+    tmp, *_ = trained
     best = tmp / "work" / "best"
     model = AutoModelForCausalLM.from_pretrained(best)
     tok = AutoTokenizer.from_pretrained(best)
@@ -121,7 +125,7 @@ def test_best_model_reloads_with_its_chat_template(trained):
 def test_tensorboard_has_the_recipe_metrics(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tmp, _, _ = trained
+    tmp, *_ = trained
     files = list((tmp / "work" / "tensorboard").rglob("events.out.tfevents.*"))
     assert files, "no TensorBoard event file written"
     tags = set()
@@ -133,7 +137,7 @@ def test_tensorboard_has_the_recipe_metrics(trained):
 
 
 def test_termination_message_carries_the_outcome(trained):
-    tmp, report, termination = trained
+    tmp, report, termination, _ = trained
     text = termination.read_text()
     assert len(text.encode()) <= 4096
     outcome = Outcome.from_termination_message(text)
@@ -148,13 +152,15 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
 
     from sftjob_runtime.entrypoint import run
 
-    tmp, _, _ = trained
+    tmp, *_, precision = trained
     work = tmp_path / "work"
     shutil.copytree(tmp / "work" / "checkpoints", work / "checkpoints")
     job = write_job(tmp_path, Path(yaml.safe_load((tmp / "job.yaml").read_text())["spec"]["model"]["source"]),
                     training={"maxSteps": 14})
-    assert run(str(job), output_dir=str(work)) == 0
+    with forced_precision(precision) as dtype:
+        assert run(str(job), output_dir=str(work)) == 0
     report = json.loads((work / "report.json").read_text())
+    assert report["resolved"]["dtype"] == dtype
     assert report["resumed_from"].endswith("checkpoint-12")
     assert report["steps"] == 14
 

@@ -13,8 +13,11 @@ from pathlib import Path
 
 from sftjob.vocabulary import ExitCode, Reason
 from sftjob_runtime.errors import RuntimeFailure
+from sftjob_runtime.events import emit
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# Forces CPU precision detection: 1 = native bf16, 0 = none (documented in the README).
+ENV_CPU_BF16 = "SFTJOB_CPU_BF16"
 
 
 @dataclass(frozen=True)
@@ -67,22 +70,35 @@ def detect_hardware() -> Hardware:
             cuda_capability=cap,
         )
     flags = _cpu_flags()
-    # SFTJOB_CPU_BF16=0/1 lets a user override detection (e.g. a hypervisor that hides flags).
-    override = os.environ.get("SFTJOB_CPU_BF16")
-    bf16 = bool(flags) if override is None else override == "1"
+    # SFTJOB_CPU_BF16=0/1 overrides detection: a hypervisor that hides flags, or
+    # tests that must run both precision paths whatever the host has.
+    override = os.environ.get(ENV_CPU_BF16, "").strip()
+    if override not in ("", "0", "1"):
+        raise RuntimeFailure(Reason.INVALID_SPEC, f"{ENV_CPU_BF16}={override!r}: use 1 (bf16), 0 (float32) or leave it unset "
+                             "(detect from the CPU flags)", ExitCode.INVALID_CONFIG)
+    bf16 = bool(flags) if not override else override == "1"
     return Hardware(device="cpu", device_name="cpu", device_count=1, bf16=bf16, cpu_flags=flags)
 
 
 def choose_dtype(requested: str, hw: Hardware) -> str:
-    """`auto` → bfloat16 where native, else float32 (float16 only when asked, and only on CUDA)."""
+    """`auto` → bfloat16 where native, else float32 (float16 only when asked, and only on CUDA).
+
+    An explicit bfloat16 on a CPU without native support still runs (torch
+    emulates it), only slower: the user asked for it, so warn, don't refuse.
+    A CUDA GPU without bf16 (pre-Ampere) cannot train in it at all.
+    """
     if requested == "auto":
         return "bfloat16" if hw.bf16 else "float32"
     if requested == "bfloat16" and not hw.bf16:
-        raise RuntimeFailure(
-            Reason.INVALID_SPEC,
-            f"spec.model.dtype: bfloat16 is not supported natively on {hw.device_name}; use auto or float32",
-            ExitCode.INVALID_CONFIG,
-        )
+        if hw.device == "cuda":
+            raise RuntimeFailure(
+                Reason.INVALID_SPEC,
+                f"spec.model.dtype: bfloat16 needs an Ampere or newer GPU, {hw.device_name} has none; use auto or float32",
+                ExitCode.INVALID_CONFIG,
+            )
+        emit("bf16_emulated", level="warning",
+             message="spec.model.dtype: bfloat16 on a CPU without native bf16 (no avx512_bf16/amx_bf16) is emulated "
+                     "and can be several times slower than float32; use dtype auto to let sftjob choose")
     if requested == "float16" and hw.device != "cuda":
         raise RuntimeFailure(
             Reason.INVALID_SPEC, "spec.model.dtype: float16 training needs a CUDA GPU; use auto", ExitCode.INVALID_CONFIG

@@ -175,6 +175,7 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
         if cfg.monitoring.wandbEntity:
             os.environ.setdefault("WANDB_ENTITY", cfg.monitoring.wandbEntity)
     steps = max_steps if max_steps is not None else (r.maxSteps or -1)
+    cuda = _cuda_available()
     return SFTConfig(
         output_dir=str(paths.checkpoints),
         run_name=cfg.name,
@@ -195,6 +196,8 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
         activation_checkpointing_kwargs={"use_reentrant": False} if r.gradientCheckpointing else None,
         bf16=r.dtype == "bfloat16",
         fp16=r.dtype == "float16",
+        # transformers refuses bf16 without a bf16 GPU unless told it runs on the CPU.
+        use_cpu=not cuda,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=r.evalSteps,
         save_strategy="steps",
@@ -209,7 +212,7 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
         data_seed=r.seed,
         report_to=report_to,
         dataloader_num_workers=0,
-        dataloader_pin_memory=_cuda_available(),  # pinning without a GPU only warns
+        dataloader_pin_memory=cuda,  # pinning without a GPU only warns
         remove_unused_columns=True,
         disable_tqdm=False,
         dataset_num_proc=None,

@@ -2,14 +2,44 @@
 
 Test modules import the fixtures by name:
     from tests.support.models import demo_model_dir, tiny_model_dir
+
+Both CPU precision paths run on every machine: `PRECISIONS` forces the
+runtime's bf16 detection with SFTJOB_CPU_BF16, so a CPU without native bf16
+still executes the bf16 path (slowly, which is why only tiny models use it)
+and one with it still executes float32.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sftjob_runtime.demo_model import cache_root, prepare_demo_model
+
+
+# (SFTJOB_CPU_BF16 value, the dtype the runtime must then choose for `dtype: auto`), by test id.
+PRECISIONS = {"fp32": ("0", "float32"), "bf16": ("1", "bfloat16")}
+
+
+@contextlib.contextmanager
+def forced_precision(which: str) -> Iterator[str]:
+    """Force the CPU precision path ("fp32" or "bf16") for the block; yields the dtype expected."""
+    flag, dtype = PRECISIONS[which]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SFTJOB_CPU_BF16", flag)
+    try:
+        yield dtype
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(params=sorted(PRECISIONS))
+def cpu_precision(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs the test once per CPU precision path; yields the dtype `dtype: auto` resolves to."""
+    with forced_precision(request.param) as dtype:
+        yield dtype
 
 
 def make_tiny_model(target: Path, tokenizer_dir: Path) -> Path:
