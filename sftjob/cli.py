@@ -33,15 +33,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     count = 0
     for path in args.files:
         try:
-            count += len(load_sftjobs(path))
+            jobs = load_sftjobs(path)
         except ManifestError as e:
             problems.extend(e.errors)
+            continue
+        count += len(jobs)
+        print(f"{path}: {', '.join(j.name for j in jobs)} valid")
     if problems:
         for line in problems:
             print(line, file=sys.stderr)
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1
-    print(f"{count} SFTJob(s) valid")
+    print(f"{len(args.files)} file(s), {count} SFTJob(s): all valid")
     return 0
 
 

@@ -343,7 +343,10 @@ def build_crd() -> dict:
         "properties": {
             "apiVersion": {"type": "string", "description": "Versioned schema of this object (sftjob.dev/v1alpha1)."},
             "kind": {"type": "string", "description": "Kind of this object (SFTJob)."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # kube-apiserver refuses anything on metadata but restrictions of name and
+            # generateName (a description is enough to fail); name is declared so the
+            # name rule's fieldPath resolves through declared properties.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema(),
             "status": status_schema(),
         },

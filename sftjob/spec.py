@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "sftjob.dev"
@@ -28,6 +28,9 @@ PLURAL = "sftjobs"
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 URI_SCHEMES = ("s3://", "file://", "pvc://")
+# A location with any other scheme (ftp://, gs://, https://) is refused by the
+# API server (CEL) and `sftjob validate` alike, not by the pod hours later.
+_SCHEME_CEL = "^(s3|pvc|file)://"
 
 
 class _Model(BaseModel):
@@ -240,12 +243,6 @@ class OutputSpec(_Model):
         default="best", description="Export the checkpoint with the lowest eval loss (best) or the final one (last)."
     )
 
-    @field_validator("uri")
-    @classmethod
-    def _known_scheme(cls, v: str) -> str:
-        if not v.startswith(URI_SCHEMES) and not v.startswith(("/", ".")):
-            raise ValueError(f"must start with one of {', '.join(URI_SCHEMES)} (or be a local path for local runs)")
-        return v
 
 
 class WandbSpec(_Model):
@@ -290,25 +287,67 @@ class SFTJobSpec(_Model):
 
 def cross_field_errors(spec: SFTJobSpec) -> list[str]:
     """Field-path messages for every cross-field rule that `spec` breaks."""
-    return [f"{rule.field}: {rule.message}" for rule in CROSS_FIELD_RULES if not rule.check(spec)]
+    return [f"{rule.field}: {rule.describe(spec)}" for rule in CROSS_FIELD_RULES if not rule.check(spec)]
 
 
 class CrossFieldRule:
-    """One rule, in CEL for the API server and in Python for `sftjob validate`."""
+    """One rule, in CEL for the API server and in Python for `sftjob validate`.
 
-    def __init__(self, field: str, cel: str, message: str, check) -> None:
+    `explain`, when given, words the Python-side message for the spec at
+    hand (e.g. the nearest valid values); the CEL message is fixed text.
+    """
+
+    def __init__(self, field: str, cel: str, message: str, check, explain=None) -> None:
         self.field = field
         self.cel = cel
         self.message = message
         self.check = check
+        self.explain = explain
+
+    def describe(self, spec: SFTJobSpec) -> str:
+        return self.explain(spec) if self.explain else self.message
+
+
+def nearest_multiples(value: int, step: int) -> tuple[int, int]:
+    """The valid values on either side of `value` (multiples of `step`, at least `step`)."""
+    low = max(step, value // step * step)
+    return low, (value // step + 1) * step if low <= value else low + step
+
+
+def _devices(spec: SFTJobSpec) -> int:
+    return max(spec.resources.gpus, 1) * spec.resources.nodes
+
+
+def _batch_message(spec: SFTJobSpec) -> str:
+    t = spec.training
+    step = t.perDeviceBatchSize * _devices(spec)
+    low, high = nearest_multiples(t.effectiveBatchSize, step)
+    return (f"{t.effectiveBatchSize} is not a multiple of perDeviceBatchSize x GPUs x nodes = {t.perDeviceBatchSize} x "
+            f"{max(spec.resources.gpus, 1)} x {spec.resources.nodes} = {step} (gradient accumulation must be a whole "
+            f"number); use {low} or {high}")
+
+
+def _scheme_rule(field: str, optional: bool, local: str) -> CrossFieldRule:
+    """`field` must have no scheme (a hub id or a path) or one the runtime reads."""
+    cel_path = "self" + field[len("spec"):]
+    cel = f"!{cel_path}.contains('://') || {cel_path}.matches('{_SCHEME_CEL}')"
+    if optional:
+        cel = f"!has({cel_path}) || {cel}"
+    section, _, attr = field[len("spec."):].partition(".")
+
+    def check(spec: SFTJobSpec) -> bool:
+        value = getattr(getattr(spec, section), attr)
+        return value is None or "://" not in value or value.startswith(URI_SCHEMES)
+
+    return CrossFieldRule(field, cel, f"must be {local}, an s3:// or pvc:// location (or file:// for local runs); "
+                                      "no other scheme is supported", check)
 
 
 def _divides(spec: SFTJobSpec) -> bool:
     t = spec.training
     if t.effectiveBatchSize is None or t.perDeviceBatchSize is None:
         return True
-    devices = max(spec.resources.gpus, 1) * spec.resources.nodes
-    return t.effectiveBatchSize % (t.perDeviceBatchSize * devices) == 0
+    return t.effectiveBatchSize % (t.perDeviceBatchSize * _devices(spec)) == 0
 
 
 # Rules on spec as a whole (the CEL `self` is spec). The immutability rule
@@ -348,6 +387,16 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
         "((has(self.resources) && has(self.resources.nodes)) ? self.resources.nodes : 1)) == 0",
         "must be a multiple of perDeviceBatchSize x GPUs x nodes (gradient accumulation must be a whole number)",
         _divides,
+        _batch_message,
+    ),
+    _scheme_rule("spec.model.source", False, "a Hugging Face hub id (org/name), a local path"),
+    _scheme_rule("spec.dataset.train", False, "a path"),
+    _scheme_rule("spec.dataset.validation", True, "a path"),
+    CrossFieldRule(
+        "spec.output.uri",
+        "self.output.uri.matches('^(s3://|pvc://|file://|/|[.])')",
+        "must start with s3:// or pvc:// (or, for local runs, file://, / or .); no other scheme is supported",
+        lambda s: s.output.uri.startswith((*URI_SCHEMES, "/", ".")),
     ),
 ]
 

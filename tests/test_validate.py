@@ -66,10 +66,12 @@ def test_valid_manifest_parses_and_projects_to_run_config():
         ({"training__learningRate": -1}, "spec.training.learningRate: Input should be greater than 0 (got -1)"),
         ({"training__lerningRate": 1e-5}, "spec.training.lerningRate: unknown field"),
         ({"model__dtype": "fp8"}, "spec.model.dtype: Input should be 'auto', 'bfloat16', 'float16' or 'float32'"),
-        ({"training__effectiveBatchSize": 30}, "spec.training.effectiveBatchSize: must be a multiple of perDeviceBatchSize x GPUs x nodes"),
+        ({"training__effectiveBatchSize": 30}, "spec.training.effectiveBatchSize: 30 is not a multiple of perDeviceBatchSize x GPUs x nodes"),
         ({"model__quantization": "4bit"}, "spec.model.quantization: quantized loading (QLoRA) requires spec.training.lora"),
         ({"dataset__validation": None}, "spec.dataset: keeping the best checkpoint ranks by eval loss"),
-        ({"output__uri": "gs://bucket/x"}, "spec.output.uri: must start with one of s3://, file://, pvc://"),
+        ({"output__uri": "gs://bucket/x"}, "spec.output.uri: must start with s3:// or pvc://"),
+        ({"output__uri": "ftp://host/x"}, "spec.output.uri: must start with s3:// or pvc://"),
+        ({"model__source": "https://host/m"}, "spec.model.source: must be a Hugging Face hub id"),
         ({"resources__tolerations": [{"effect": "Sometimes"}]}, "spec.resources.tolerations[0].effect: Input should be"),
     ],
 )
@@ -136,3 +138,58 @@ def test_missing_file_is_one_line(tmp_path):
 def test_quickstart_example_loads():
     job = load_sftjob(ROOT / "examples" / "quickstart.yaml")
     assert job.spec.resources.gpus == 0
+
+
+def test_a_batch_that_does_not_divide_names_its_line_and_the_two_nearest_values(tmp_path):
+    r = validate(tmp_path, """\
+        apiVersion: sftjob.dev/v1alpha1
+        kind: SFTJob
+        metadata:
+          name: demo
+        spec:
+          model:
+            source: org/model
+          dataset:
+            train: s3://b/t.jsonl
+            validation: s3://b/v.jsonl
+          training:
+            perDeviceBatchSize: 4
+            effectiveBatchSize: 30
+          resources:
+            gpus: 2
+          output:
+            uri: ftp://host/out
+        """)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    job = tmp_path / "job.yaml"
+    assert f"{job}:13: spec.training.effectiveBatchSize: 30 is not a multiple of perDeviceBatchSize x GPUs x nodes = " \
+           "4 x 2 x 1 = 8 (gradient accumulation must be a whole number); use 24 or 32" in lines
+    assert any(line.startswith(f"{job}:17: spec.output.uri: must start with s3:// or pvc://") for line in lines)
+    assert lines[2:] == ["2 problem(s) found"] and "Traceback" not in r.stderr
+
+
+def test_a_missing_field_points_at_its_parent(tmp_path):
+    r = validate(tmp_path, """\
+        apiVersion: sftjob.dev/v1alpha1
+        kind: SFTJob
+        metadata: {name: demo}
+        spec:
+          model: {source: org/model}
+          dataset:
+            validation: s3://b/v.jsonl
+          output: {uri: s3://b/o}
+        """)
+    assert r.returncode == 1
+    assert f"{tmp_path / 'job.yaml'}:6: spec.dataset.train: required field is missing" in r.stderr
+
+
+def test_valid_files_are_named_one_per_line():
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    r = subprocess.run([sys.executable, "-m", "sftjob.cli", "validate", *map(str, examples)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    for path in examples:
+        assert any(line.startswith(f"{path}: ") and line.endswith("valid") for line in lines), (path, lines)
+    assert lines[-1] == f"{len(examples)} file(s), {len(examples)} SFTJob(s): all valid"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from sftjob.spec import TrainingSpec
+from sftjob.spec import TrainingSpec, nearest_multiples
 from sftjob.vocabulary import ExitCode, Reason
 from sftjob_runtime.errors import RuntimeFailure
 
@@ -96,8 +96,7 @@ def resolve(training: TrainingSpec, parameters: int, devices: int) -> Resolved:
             raise RuntimeFailure(
                 Reason.INVALID_SPEC,
                 f"spec.training.effectiveBatchSize: {effective} is not a multiple of perDeviceBatchSize x devices "
-                f"= {per_device} x {devices} = {per_step}; use {max(per_step, effective // per_step * per_step)} "
-                f"or {(effective // per_step + 1) * per_step}",
+                f"= {per_device} x {devices} = {per_step}; use {' or '.join(map(str, nearest_multiples(effective, per_step)))}",
                 ExitCode.INVALID_CONFIG,
             )
         effective = math.ceil(effective / per_step) * per_step
