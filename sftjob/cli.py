@@ -57,9 +57,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         job = load_sftjob(args.file)
         config = OperatorConfig.from_env()
+        objects = render(job, config)  # RenderError (a ValueError): what the operator would report as InvalidSpec
     except (ManifestError, ValueError) as e:
         return _fail(getattr(e, "errors", None) or [str(e)], 1)
-    objects = render(job, config)
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
     else:

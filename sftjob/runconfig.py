@@ -40,6 +40,7 @@ class RunOutput(_Model):
     endpoint: str | None = None
     region: str | None = None
     keep: Literal["best", "last"] = "best"
+    keepCheckpoints: bool = False
 
 
 class RunMonitoring(_Model):
@@ -79,7 +80,8 @@ class RunConfig(_Model):
             dataset=s.dataset,
             training=s.training,
             sanityCheck=s.sanityCheck,
-            output=RunOutput(uri=s.output.uri, endpoint=s.output.endpoint, region=s.output.region, keep=s.output.keep),
+            output=RunOutput(uri=s.output.uri, endpoint=s.output.endpoint, region=s.output.region, keep=s.output.keep,
+                             keepCheckpoints=s.output.keepCheckpoints),
             monitoring=RunMonitoring(
                 reportTo=list(s.monitoring.reportTo),
                 wandbProject=s.monitoring.wandb.project if s.monitoring.wandb else None,

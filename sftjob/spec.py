@@ -242,6 +242,10 @@ class OutputSpec(_Model):
     keep: Literal["best", "last"] = Field(
         default="best", description="Export the checkpoint with the lowest eval loss (best) or the final one (last)."
     )
+    keepCheckpoints: bool = Field(
+        default=False,
+        description="Keep the training checkpoints in the work directory after a successful export (default: pruned).",
+    )
 
 
 

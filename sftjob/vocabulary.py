@@ -60,6 +60,9 @@ class Reason(str, Enum):
     TRAINING_DIVERGED = "TrainingDiverged"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     INTERNAL_ERROR = "InternalError"
+    # The API server refused a child the SFTJob needs (RBAC, quota, admission), though the spec is valid.
+    CREATE_FORBIDDEN = "CreateForbidden"
+    CREATE_REJECTED = "CreateRejected"
     # Non-failure reasons used on progress conditions.
     CREATED = "JobCreated"
     QUEUED = "WaitingForQuota"
@@ -68,6 +71,7 @@ class Reason(str, Enum):
     COMPLETED = "Completed"
     SUSPENDED = "Suspended"
     JOB_ALREADY_CREATED = "JobAlreadyCreated"
+    POD_REPLACED = "PodReplaced"
 
 
 class ExitCode(IntEnum):
@@ -128,3 +132,14 @@ ENV_AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_TERMINATION_LOG = "SFTJOB_TERMINATION_LOG"
 ENV_PROGRESS_PORT = "SFTJOB_PROGRESS_PORT"
+
+
+def memory_hint(gradient_checkpointing: bool | None, lora: bool) -> str:
+    """What to change when training runs out of memory, leaving out what is already done."""
+    steps = ["lower spec.training.perDeviceBatchSize (the effective batch is kept through accumulation)",
+             "lower spec.training.maxSeqLength"]
+    if not gradient_checkpointing:
+        steps.append("enable spec.training.gradientCheckpointing")
+    if not lora:
+        steps.append("train LoRA adapters (spec.training.lora)")
+    return ", ".join(steps[:-1]) + " or " + steps[-1]

@@ -267,6 +267,52 @@ def test_invalid_spec_fails_naming_the_field_and_creates_nothing(cluster: Cluste
     assert cluster.wait("an InvalidSpec event", lambda: [e for e in cluster.events(ns, "bad") if e["reason"] == "InvalidSpec"])
 
 
+def test_a_forbidden_job_is_reported_in_status_and_created_once_allowed(cluster: Cluster, ns: str) -> None:
+    """A 403 on Job creation (RBAC, ResourceQuota, admission): Pending with the reason and one Event, not silence."""
+    quota = 'jobs.batch "quota-sft" is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1'
+    cluster.kube.call(cluster.kube.emulator.refuse, "jobs", ns, 403, "Forbidden", quota)
+    cluster.create("quota", ns)
+    obj = cluster.wait_sftjob("quota", ns, "CreateForbidden", lambda o: o.get("status", {}).get("conditions"))
+    assert obj["status"]["phase"] == "Pending"
+    cond = cluster.condition(obj, "SanityChecked")
+    assert (cond["status"], cond["reason"]) == ("False", "CreateForbidden")
+    assert "refused to create Job quota-sft (HTTP 403: " + quota in cond["message"]
+    assert "The SFTJob itself is valid" in cond["message"] and "Retrying every 10 s" in cond["message"]
+    assert "Invalid spec" not in cond["message"] and "jobName" not in obj["status"]
+    events = cluster.wait("a CreateForbidden event", lambda: [e for e in cluster.events(ns, "quota") if e["reason"] == "CreateForbidden"])
+    assert events[0]["type"] == "Warning"
+    cluster.kube.call(cluster.kube.emulator.allow, "jobs", ns)
+    cluster.wait_job("quota", ns)
+    obj = cluster.wait_sftjob("quota", ns, "started", lambda o: o.get("status", {}).get("jobName") == "quota-sft", timeout=60)
+    assert cluster.condition(obj, "SanityChecked")["reason"] == "JobCreated"
+    assert len([e for e in cluster.events(ns, "quota") if e["reason"] == "CreateForbidden"]) == 1
+
+
+def test_a_job_rejected_by_admission_fails_without_blaming_the_spec(cluster: Cluster, ns: str) -> None:
+    denial = "ValidatingAdmissionPolicy 'gpu-jobs' denied request: GPU jobs must set a priority class"
+    cluster.kube.call(cluster.kube.emulator.refuse, "jobs", ns, 422, "Invalid", denial)
+    cluster.create("denied", ns)
+    obj = cluster.wait_phase("denied", ns, "Failed")
+    cond = cluster.condition(obj, "Failed")
+    assert cond["reason"] == "CreateRejected"
+    assert denial in cond["message"] and "spec is valid" in cond["message"]
+    assert "InvalidSpec" not in json.dumps(obj["status"]) and "Fix the field" not in cond["message"]
+    assert cluster.wait("a CreateRejected event", lambda: [e for e in cluster.events(ns, "denied") if e["reason"] == "CreateRejected"])
+    cluster.kube.call(cluster.kube.emulator.allow, "jobs", ns)
+
+
+def test_a_local_manifest_is_refused_naming_each_local_field(cluster: Cluster, ns: str) -> None:
+    cluster.create("local", ns, model={"source": "~/.cache/sftjob/demo-model"},
+                   dataset={"train": "data/train.jsonl", "validation": "data/val.jsonl"}, output={"uri": "file:///tmp/out"})
+    obj = cluster.wait_phase("local", ns, "Failed")
+    cond = cluster.condition(obj, "Failed")
+    assert cond["reason"] == "InvalidSpec"
+    for field in ("spec.model.source", "spec.dataset.train", "spec.dataset.validation", "spec.output.uri"):
+        assert f"{field}: " in cond["message"]
+    with pytest.raises(ApiError):
+        cluster.client.get("batch/v1", "jobs", ns, "local-sft")
+
+
 def test_fixing_an_invalid_spec_starts_the_job(cluster: Cluster, ns: str) -> None:
     cluster.create("fixed", ns, training={"learningRate": -1})
     cluster.wait_phase("fixed", ns, "Failed")
@@ -366,6 +412,37 @@ def test_oom_killed_training_fails_with_out_of_memory(cluster: Cluster, ns: str)
     cond = cluster.condition(obj, "Failed")
     assert cond["reason"] == "OutOfMemory"
     assert "spec.training.perDeviceBatchSize" in cond["message"]
+
+
+def test_sanity_check_progress_is_shown_while_the_pod_is_pending(cluster: Cluster, ns: str) -> None:
+    """Init containers run while the pod's phase is Pending: the sanity check's progress is polled all the same."""
+    cluster.create("gate", ns)
+    job = cluster.wait_job("gate", ns)
+    pod = cluster.start_pod(job)
+    cluster.progress.payload = {"stage": "sanity", "step": 3, "totalSteps": 10, "loss": 2.25}
+    cluster.kubelet(ns, pod, pod_status("Pending", init=running(), main=waiting("PodInitializing")))
+    obj = cluster.wait_sftjob("gate", ns, "sanity progress", lambda o: o["status"].get("progress", {}).get("step") == 3)
+    assert obj["status"]["phase"] == "SanityChecking"
+    assert obj["status"]["progress"] == {"stage": "sanity", "step": 3, "totalSteps": 10, "loss": 2.25}
+
+
+def test_a_retried_failure_is_one_event_with_a_hint_that_fits_the_job(cluster: Cluster, ns: str) -> None:
+    # gradientCheckpointing is on and LoRA is used: the hint must not suggest either.
+    cluster.create("retry", ns, training={"gradientCheckpointing": True, "lora": {"r": 8}})
+    job = cluster.wait_job("retry", ns)
+    pod = cluster.start_pod(job)
+    cluster.kubelet(ns, pod, pod_status("Running", init=terminated(0, "Completed"), main=running()))
+    cluster.wait_phase("retry", ns, "Training")
+    cluster.kubelet(ns, pod, pod_status("Failed", init=terminated(0, "Completed"), main=terminated(137, "OOMKilled")))
+    cluster.job_controller(ns, job["metadata"]["name"], {"active": 0, "failed": 1})
+    obj = cluster.wait_phase("retry", ns, "Pending")
+    cond = cluster.condition(obj, "Training")
+    assert cond["reason"] == "OutOfMemory" and "1 failure(s) so far" in cond["message"]
+    assert "gradientCheckpointing" not in cond["message"] and "LoRA" not in cond["message"]
+    cluster.wait("the OutOfMemory event", lambda: [e for e in cluster.events(ns, "retry") if e["reason"] == "OutOfMemory"])
+    time.sleep(1.0)  # let any second Event with the same news arrive
+    same = [e for e in cluster.events(ns, "retry") if e["message"] == cond["message"]]
+    assert [(e["type"], e["reason"]) for e in same] == [("Warning", "OutOfMemory")]
 
 
 def test_suspend_and_resume_patch_the_job(cluster: Cluster, ns: str) -> None:

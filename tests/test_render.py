@@ -84,7 +84,11 @@ VARIANTS: dict[str, dict] = {
     }, serviceAccountName="sft-runner", image="registry.example/sft:2", ttlSecondsAfterFinished=60),
     "offline": {**manifest(), "metadata": {"name": "llama-sft"}},
 }
+# The quickstart is a local manifest (paths on this machine): the operator refuses it, tested below.
+LOCAL_EXAMPLES = {"quickstart.yaml"}
 for _path in EXAMPLES:
+    if _path.name in LOCAL_EXAMPLES:
+        continue
     for _i, _doc in enumerate(d for d in yaml.safe_load_all(_path.read_text(encoding="utf-8")) if d):
         _doc.setdefault("metadata", {})["uid"] = UID
         VARIANTS[f"example:{_path.name}#{_i}"] = _doc
@@ -444,3 +448,36 @@ def test_render_cli_prints_exactly_what_the_operator_creates(fmt):
     assert printed == render(load_sftjob(path), OperatorConfig())
     if fmt == "yaml":
         assert "run-config.json: |" in r.stdout
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"model": {"source": "~/.cache/sftjob/demo-model"}}, "spec.model.source"),
+    ({"model": {"source": "./models/m"}}, "spec.model.source"),
+    ({"model": {"source": "file:///models/m"}}, "spec.model.source"),
+    ({"dataset": {"train": "data/train.jsonl", "validation": "s3://data/val.jsonl"}}, "spec.dataset.train"),
+    ({"dataset": {"train": "s3://data/train.jsonl", "validation": "/data/val.jsonl"}}, "spec.dataset.validation"),
+    ({"output": {"uri": "file:///tmp/out"}}, "spec.output.uri"),
+    ({"output": {"uri": "./out"}}, "spec.output.uri"),
+])
+def test_local_only_locations_are_refused_for_a_cluster(changes, field):
+    with pytest.raises(RenderError) as e:
+        render(job_of(manifest(**changes)), CONFIG)
+    assert len(e.value.errors) == 1 and e.value.errors[0].startswith(f"{field}: ")
+    assert "s3://" in e.value.errors[0] and "pvc://" in e.value.errors[0]
+
+
+def test_hub_ids_and_cluster_locations_render():
+    for source in ("meta-llama/Llama-3.1-8B-Instruct", "gpt2", "s3://m/llama", "pvc://models/llama"):
+        render(job_of(manifest(model={"source": source})), CONFIG)
+
+
+def test_render_of_the_local_quickstart_names_every_local_field():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "sftjob.cli", "render", str(REPO / "examples" / "quickstart.yaml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    fields = [line.split(": ")[1] for line in r.stderr.strip().splitlines()]
+    assert fields == ["spec.model.source", "spec.dataset.train", "spec.dataset.validation", "spec.output.uri"]
+    assert "Traceback" not in r.stderr

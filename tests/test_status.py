@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 from typing import Any
 
 import pytest
@@ -171,9 +172,10 @@ def assert_fits_crd(status: dict) -> None:
 
 
 def step(current: dict, job: dict | None, pods: list[dict] = (), progress: Progress | None = None,
-         *, suspend: bool = False, now: datetime.datetime = T1) -> tuple[dict, dict]:
+         *, suspend: bool = False, now: datetime.datetime = T1, hint: str | None = None) -> tuple[dict, dict]:
     """compute_status, and the status after applying its patch (checked against the CRD's status schema)."""
-    patch = compute_status(current, job, list(pods), progress, suspend=suspend, now=now)
+    extra = {"hint": hint} if hint is not None else {}
+    patch = compute_status(current, job, list(pods), progress, suspend=suspend, now=now, **extra)
     after = apply_merge_patch(current, patch)
     assert_fits_crd(after)
     return patch, after
@@ -358,6 +360,53 @@ def test_preemption_while_running_is_reported_and_retried():
     )
 
 
+DISRUPTED = [{"type": "PodScheduled", "status": "True"},
+             {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted"}]
+
+
+def test_a_disrupted_pod_is_not_counted_as_a_failure():
+    gone = make_pod(phase="Failed", init=terminated(0, "Completed"), main=terminated(143, "Error"), conditions=DISRUPTED)
+    # podFailurePolicy ignores the disruption: the Job's failed count stays 0.
+    _, status = step({**PENDING_STATUS, "phase": "Training"}, make_job(failed=0, active=0), [gone])
+    c = cond(status, "Training")
+    assert c["reason"] == "Preempted"
+    assert "failure(s) so far" not in c["message"] and c["message"].endswith("Waiting for the Job's replacement pod.")
+
+
+def test_the_preempted_condition_goes_once_the_replacement_pod_runs():
+    gone = make_pod(phase="Failed", init=terminated(0, "Completed"), main=terminated(143, "Error"), conditions=DISRUPTED)
+    _, status = step({**PENDING_STATUS, "phase": "Training"}, make_job(active=0), [gone])
+    assert cond(status, "Training")["reason"] == "Preempted"
+    replacement = make_pod(name="llama-sft-v1-sft-b8q3z", created="2026-11-25T12:04:00Z", phase="Pending",
+                           init=running(), main=waiting("PodInitializing"))
+    _, status = step(status, make_job(), [gone, replacement])
+    assert status["phase"] == "SanityChecking"
+    c = cond(status, "Training")
+    assert (c["status"], c["reason"]) == ("Unknown", "PodReplaced")
+    assert "Preempted" not in json.dumps(status["conditions"])
+
+
+def test_a_succeeded_job_keeps_no_eta_even_with_a_late_progress_report():
+    outcome = Outcome(ok=True, bestCheckpoint=BestCheckpoint(uri="s3://m/best", step=10, evalLoss=0.5))
+    pod = make_pod(phase="Succeeded", init=terminated(0, "Completed"), main=terminated(0, "Completed", outcome.to_termination_message()))
+    job = make_job(conditions=[job_condition("Complete", "CompletionsReached", "done")], active=0)
+    late = Progress(stage="exporting", step=50, totalSteps=50, etaSeconds=60)
+    _, status = step({**PENDING_STATUS, "phase": "Exporting"}, job, [pod], late)
+    assert status["phase"] == "Succeeded"
+    assert status["progress"] == {"stage": "done", "step": 50, "totalSteps": 50}
+
+
+def test_the_sanity_check_serves_progress_while_the_pod_is_pending():
+    init = make_pod(phase="Pending", init=running(), main=waiting("PodInitializing"), pod_ip="10.0.0.9")
+    assert running_pod_ip([init]) == "10.0.0.9"
+    done_init = make_pod(phase="Pending", init=terminated(0, "Completed"), main=waiting("PodInitializing"), pod_ip="10.0.0.9")
+    assert running_pod_ip([done_init]) is None
+    sanity = Progress(stage="sanity", step=3, totalSteps=10, loss=2.1)
+    _, status = step(PENDING_STATUS, make_job(), [init], sanity)
+    assert status["phase"] == "SanityChecking"
+    assert status["progress"] == {"stage": "sanity", "step": 3, "totalSteps": 10, "loss": 2.1}
+
+
 def test_retry_after_a_failed_pod_says_why():
     failed = make_pod(phase="Failed", init=terminated(0, "Completed"), main=terminated(137, "OOMKilled"))
     _, status = step({**PENDING_STATUS, "phase": "Training"}, make_job(failed=1, active=1), [failed])
@@ -401,7 +450,7 @@ def test_complete_job_is_succeeded_with_the_best_checkpoint():
     assert c["message"] == "Training finished; the checkpoint (step 800, eval loss 0.912) is at s3://models/llama-sft-v1/best."
     assert cond(status, "Exported")["message"] == "Exported to s3://models/llama-sft-v1/best."
     assert (cond(status, "Training")["status"], cond(status, "Training")["reason"]) == ("False", "Completed")
-    assert status["progress"] == {"stage": "training", "step": 890, "totalSteps": 900}  # no ETA once finished
+    assert status["progress"] == {"stage": "done", "step": 890, "totalSteps": 900}  # no ETA once finished
     assert (status["startTime"], status["completionTime"]) == ("2026-11-25T11:59:00Z", STAMP1)
     assert condition(status, "Failed") is None
 
@@ -449,9 +498,26 @@ def test_oom_killed_training_fails_with_out_of_memory_and_what_to_lower():
     c = cond(status, "Failed")
     assert c["reason"] == "OutOfMemory"
     assert c["message"] == (
-        "The training container ran out of memory (OOMKilled). To fit, lower spec.training.perDeviceBatchSize or "
-        "spec.training.maxSeqLength, or enable spec.training.gradientCheckpointing; or raise spec.resources.memory."
+        "The training container ran out of memory (OOMKilled). To fit, lower spec.training.perDeviceBatchSize (the "
+        "effective batch is kept through accumulation), lower spec.training.maxSeqLength, enable "
+        "spec.training.gradientCheckpointing or train LoRA adapters (spec.training.lora); or raise spec.resources.memory."
     )
+
+
+def test_the_memory_hint_leaves_out_what_the_job_already_does():
+    from sftjob.vocabulary import memory_hint
+
+    pod = make_pod(phase="Failed", init=terminated(0, "Completed"), main=terminated(137, "OOMKilled"))
+    job = make_job(conditions=[job_condition("Failed", "BackoffLimitExceeded", "limit")], failed=4, active=0)
+    _, status = step({**PENDING_STATUS, "phase": "Training"}, job, [pod], hint=memory_hint(True, True))
+    message = cond(status, "Failed")["message"]
+    assert "gradientCheckpointing" not in message and "LoRA" not in message
+    assert "lower spec.training.perDeviceBatchSize" in message and "spec.resources.memory" in message
+    outcome = Outcome(ok=False, reason="OutOfMemory", message="CUDA out of memory at step 3.")
+    pod = make_pod(phase="Failed", init=terminated(0, "Completed"), main=terminated(1, "Error", outcome.to_termination_message()))
+    _, status = step({**PENDING_STATUS, "phase": "Training"}, job, [pod], hint=memory_hint(True, False))
+    assert cond(status, "Failed")["message"].endswith(
+        "lower spec.training.maxSeqLength or train LoRA adapters (spec.training.lora).")
 
 
 def test_gpu_oom_reported_by_the_runtime_gets_the_memory_hint():
@@ -460,8 +526,9 @@ def test_gpu_oom_reported_by_the_runtime_gets_the_memory_hint():
     job = make_job(conditions=[job_condition("Failed", "BackoffLimitExceeded", "limit")], failed=4, active=0)
     _, status = step({**PENDING_STATUS, "phase": "Training"}, job, [pod])
     assert cond(status, "Failed")["message"] == (
-        "CUDA out of memory at step 3 (79.2 GiB in use). To fit, lower spec.training.perDeviceBatchSize or "
-        "spec.training.maxSeqLength, or enable spec.training.gradientCheckpointing."
+        "CUDA out of memory at step 3 (79.2 GiB in use). To fit, lower spec.training.perDeviceBatchSize (the effective "
+        "batch is kept through accumulation), lower spec.training.maxSeqLength, enable "
+        "spec.training.gradientCheckpointing or train LoRA adapters (spec.training.lora)."
     )
 
 

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
 
 
-def write_job(tmp: Path, model: Path, *, name="tiny", train_rows=48, val_rows=12, training=None, sanity=False, extra=None) -> Path:
+def write_job(tmp: Path, model: Path, *, name="tiny", train_rows=48, val_rows=12, training=None, sanity=False, extra=None,
+              keep_checkpoints=True) -> Path:
     """A manifest for a short local run on a slice of the quickstart data."""
     train = (DATA / "quickstart-train.jsonl").read_text().splitlines()[:train_rows]
     val = (DATA / "quickstart-val.jsonl").read_text().splitlines()[:val_rows]
@@ -37,7 +38,8 @@ def write_job(tmp: Path, model: Path, *, name="tiny", train_rows=48, val_rows=12
                      **(training or {})},
         "sanityCheck": {"enabled": bool(sanity), "steps": 4, "samples": 16, **(sanity if isinstance(sanity, dict) else {})},
         "resources": {"gpus": 0},
-        "output": {"uri": str(tmp / "export")},
+        # Kept by default here: most tests read the eval history from the checkpoints.
+        "output": {"uri": str(tmp / "export"), "keepCheckpoints": keep_checkpoints},
         "monitoring": {"reportTo": ["tensorboard"]},
         **(extra or {}),
     }
@@ -83,8 +85,8 @@ def test_best_checkpoint_is_the_lowest_eval_loss_and_is_what_is_exported(trained
     best_step = min(history, key=history.get)
     assert report["best_step"] == best_step
     assert report["best_eval_loss"] == pytest.approx(history[best_step], rel=1e-6)
-    # The weights in best/ are those of that checkpoint (not simply the last step).
-    best = load_file(str(work / "best" / "model.safetensors"))
+    # The exported weights are those of that checkpoint (not simply the last step).
+    best = load_file(str(tmp / "export" / "model.safetensors"))
     ckpt = load_file(str(work / "checkpoints" / f"checkpoint-{best_step}" / "model.safetensors"))
     assert best.keys() == ckpt.keys()
     assert all((best[k] == ckpt[k]).all() for k in best)
@@ -92,7 +94,9 @@ def test_best_checkpoint_is_the_lowest_eval_loss_and_is_what_is_exported(trained
     manifest = json.loads((tmp / "export" / "sftjob-manifest.json").read_text())
     names = {f["path"] for f in manifest["files"]}
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
-    assert (tmp / "export" / "model.safetensors").read_bytes() == (work / "best" / "model.safetensors").read_bytes()
+    # The local export is the one copy of the best model: no duplicate best/ beside it.
+    assert not (work / "best").exists()
+    assert report["best_dir"] == str(tmp / "export")
 
 
 def test_eval_loss_improves_and_report_is_complete(trained):
@@ -113,7 +117,7 @@ def test_best_model_reloads_with_its_chat_template(trained):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp, *_ = trained
-    best = tmp / "work" / "best"
+    best = tmp / "export"
     model = AutoModelForCausalLM.from_pretrained(best)
     tok = AutoTokenizer.from_pretrained(best)
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -283,3 +287,25 @@ def test_lora_run_exports_the_best_adapter(tiny_model_dir, tmp_path):  # noqa: F
     assert not (exported / "model.safetensors").exists()
     model = AutoPeftModelForCausalLM.from_pretrained(exported)
     assert model.peft_config["default"].r == 4
+
+
+def test_a_finished_run_leaves_one_copy_of_the_model_and_no_checkpoints(tiny_model_dir, tmp_path):  # noqa: F811
+    """Default: the export is the only copy, checkpoints are pruned, and the summary says so."""
+    job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 4}, keep_checkpoints=False)
+    r = run_cli("run", str(job), "--output", str(tmp_path / "work"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    work = tmp_path / "work"
+    assert sorted(p.name for p in work.iterdir()) == ["report.json", "resolved.json", "tensorboard"]
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+    assert "checkpoints: pruned after the export (spec.output.keepCheckpoints: true keeps them)" in r.stdout
+    assert json.loads((work / "report.json").read_text())["workDir"] == {"checkpoints": "pruned", "bestDir": str(tmp_path / "export")}
+
+
+def test_a_small_run_prints_no_library_noise(tiny_model_dir, tmp_path):  # noqa: F811
+    """What a newcomer reads first: our lines, the trainer's progress, nothing a user cannot act on."""
+    job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 3}, sanity={"steps": 2, "samples": 8})
+    r = run_cli("run", str(job), "--output", str(tmp_path / "work"), env_extra={"WANDB_MODE": "offline"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = r.stdout + r.stderr
+    for noise in ("[INFO] Running in WANDB offline mode", "Warning:", "warnings.warn", "deprecated", "Traceback"):
+        assert noise not in text, f"{noise!r} in the output of a plain run:\n{text[-3000:]}"

@@ -10,7 +10,9 @@ can fix.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import shutil
 import os
 import sys
 import traceback
@@ -19,7 +21,7 @@ from pathlib import Path
 from sftjob.manifest import ManifestError
 from sftjob.report import BestCheckpoint, Outcome, SanityResult
 from sftjob.runconfig import RunConfig, load_run_config
-from sftjob.vocabulary import ENV_TERMINATION_LOG, TERMINATION_LOG, ExitCode, Reason
+from sftjob.vocabulary import ENV_TERMINATION_LOG, TERMINATION_LOG, ExitCode, Reason, memory_hint
 from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.events import emit
 from sftjob_runtime.progress_server import ProgressState, serve_from_env
@@ -35,6 +37,10 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    # transformers prints "[INFO] Running in WANDB offline mode" when this module is first
+    # imported under WANDB_MODE=offline, whether or not the job reports to W&B.
+    with contextlib.redirect_stdout(io.StringIO()):
+        import transformers.integrations.integration_utils  # noqa: F401
     hf_logging.disable_progress_bar()  # weight-loading bars; the training bar is the Trainer's own
     import datasets
 
@@ -83,9 +89,8 @@ def _guarded(fn):
         except KeyboardInterrupt:
             return 130
         except Exception as e:  # a bug or an environment failure: keep the trace in the log
-            if _is_oom(e):
-                return _fail(Reason.OUT_OF_MEMORY, "out of memory: lower spec.training.perDeviceBatchSize or maxSeqLength, "
-                             "or enable gradientCheckpointing", ExitCode.INTERNAL)
+            if _is_oom(e):  # before the run's settings were known (see _out_of_memory for the usual case)
+                return _fail(Reason.OUT_OF_MEMORY, f"out of memory: {memory_hint(None, False)}", ExitCode.INTERNAL)
             traceback.print_exc()
             return _fail(Reason.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}", ExitCode.INTERNAL)
 
@@ -95,6 +100,18 @@ def _guarded(fn):
 
 def _is_oom(e: Exception) -> bool:
     return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+@contextlib.contextmanager
+def _out_of_memory(prep, what: str):
+    """An OOM becomes OutOfMemory with a hint that leaves out what this run already does."""
+    try:
+        yield
+    except Exception as e:
+        if not _is_oom(e):
+            raise
+        hint = memory_hint(prep.resolved.gradientCheckpointing, prep.cfg.training.lora is not None)
+        raise RuntimeFailure(Reason.OUT_OF_MEMORY, f"out of memory during the {what}: {hint}", ExitCode.INTERNAL) from e
 
 
 @_guarded
@@ -120,7 +137,8 @@ def sanity(file: str, as_json: bool = False) -> int:
         # Library chatter (the Trainer's log lines) goes to stderr: stdout carries only the report.
         with contextlib.redirect_stdout(sys.stderr):
             prep = prepare_run(cfg, base)
-            result = run_sanity(prep, state)
+            with _out_of_memory(prep, "sanity check"):
+                result = run_sanity(prep, state)
     finally:
         if server:
             server.stop()
@@ -164,11 +182,13 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
         # In a pod the init container has already run the check (and passed, or this would not start).
         if cfg.sanityCheck.enabled and not skip_sanity:
             print(f"sanity check: {cfg.sanityCheck.steps} steps on {min(cfg.sanityCheck.samples, len(prep.train.rows))} rows ...")
-            result = run_sanity(prep, state)
+            with _out_of_memory(prep, "sanity check"):
+                result = run_sanity(prep, state)
             _print_sanity(result)
             if not result.passed:
                 return _fail(result.reason, f"sanity check failed: {result.message}", ExitCode.SANITY_FAILED, sanity=result)
-        res = train(prep, work, state)
+        with _out_of_memory(prep, "training"):
+            res = train(prep, work, state)
         if not main:
             return 0
         state.update(stage="exporting")
@@ -180,11 +200,14 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
     finally:
         if server:
             server.stop()
-    report = {**res.as_dict(), "exportedTo": dest}
-    Path(res.best_dir).parent.joinpath("report.json").write_text(json.dumps(report, indent=2, default=str))
+    tidied = _tidy(work, Path(res.best_dir), dest, cfg.output.keepCheckpoints)
+    if tidied.get("bestDir"):
+        res.best_dir = tidied["bestDir"]
+    report = {**res.as_dict(), "exportedTo": dest, "workDir": tidied}
+    (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     if report_json:
         Path(report_json).write_text(json.dumps(report, indent=2, default=str))
-    _print_summary(res, dest)
+    _print_summary(res, dest, tidied)
     write_outcome(Outcome(
         ok=True, reason=Reason.COMPLETED.value, message=f"best checkpoint at step {res.best_step} exported",
         bestCheckpoint=BestCheckpoint(uri=dest, step=res.best_step, evalLoss=res.best_eval_loss),
@@ -199,6 +222,26 @@ def _output_location(uri: str, base: Path) -> str:
     from sftjob_runtime.prepare import resolve_path
 
     return uri if uri.startswith("s3://") else resolve_path(uri, base)
+
+
+def _tidy(work: Path, best: Path, dest: str, keep_checkpoints: bool) -> dict:
+    """After a successful export: one copy of the best model, and no checkpoints unless asked to keep them.
+
+    A local export (file:// or a path, e.g. a pvc:// mount) is that one copy, so
+    best/ goes; with s3:// the local best/ stays. A quickstart left 4.1 GB
+    behind before: best/ and the export (517 MB each) plus checkpoints (3.1 GB).
+    """
+    done: dict = {"checkpoints": "kept" if keep_checkpoints else "pruned"}
+    local = None if dest.startswith("s3://") else Path(dest.removeprefix("file://")).resolve()
+    if local is not None and local != best.resolve() and (local / "sftjob-manifest.json").is_file():
+        shutil.rmtree(best, ignore_errors=True)
+        done["bestDir"] = str(local)
+    checkpoints = work / "checkpoints"
+    if keep_checkpoints:
+        done["checkpointsDir"] = str(checkpoints)
+    elif checkpoints.is_dir():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return done
 
 
 def _drop_mirror(cfg: RunConfig) -> None:
@@ -233,7 +276,7 @@ def _one_line(text: str | None, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _print_summary(res, dest: str) -> None:
+def _print_summary(res, dest: str, tidied: dict) -> None:
     def fmt(x):
         return "n/a" if x is None else f"{x:.4f}"
 
@@ -244,8 +287,9 @@ def _print_summary(res, dest: str) -> None:
         f"SFTJob {res.name}: done in {res.duration_seconds:.0f} s, {res.steps} steps, {res.tokens_seen} tokens",
         f"eval loss      before {fmt(res.eval_loss_before)}  ->  after {fmt(res.eval_loss_after)}",
         f"best checkpoint step {res.best_step}, eval loss {fmt(res.best_eval_loss)}",
-        f"  local:    {res.best_dir}",
-        f"  exported: {dest}",
+        f"  exported: {dest}" if tidied.get("bestDir") else f"  local:    {res.best_dir}\n  exported: {dest}",
+        "checkpoints: pruned after the export (spec.output.keepCheckpoints: true keeps them)"
+        if tidied["checkpoints"] == "pruned" else f"checkpoints: kept in {tidied['checkpointsDir']}",
         f"sample prompt: {prompt}",
         f"  before: {_one_line(res.sample_before)}",
         f"  after:  {_one_line(res.sample_after)}",

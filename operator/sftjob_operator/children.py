@@ -16,18 +16,39 @@ from typing import Any
 
 import kopf
 from sftjob.manifest import ManifestError, parse_sftjob
-from sftjob.vocabulary import Reason
+from sftjob.vocabulary import ConditionType, Reason
 
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.events import EventPoster
 from sftjob_operator.kube import ApiError, KubeClient
 from sftjob_operator.metrics import Metrics
 from sftjob_operator.render import RenderError, render
-from sftjob_operator.status import compute_status, invalid_spec_status
+from sftjob_operator.status import compute_status, create_refused_status, invalid_spec_status
 
 
 class ChildConflict(Exception):
     """A child's name is taken by an object this SFTJob does not own."""
+
+
+class ChildRefused(Exception):
+    """The API server refused to create a child: 403 (RBAC, quota, admission) or 400/422 (admission)."""
+
+    def __init__(self, kind: str, name: str, error: ApiError) -> None:
+        super().__init__(f"creating {kind} {name} was refused: {error}")
+        self.kind, self.name, self.error = kind, name, error
+
+
+class CreateForbidden(kopf.TemporaryError):
+    """A 403 on create: retry later; `status` says why the SFTJob waits."""
+
+    def __init__(self, message: str, status: dict[str, Any], delay: float) -> None:
+        super().__init__(message, delay=delay)
+        self.status = status
+
+
+def forbidden_retry_seconds(retry: int) -> float:
+    """10 s, 20 s, 40 s, ... at most 5 minutes between attempts after a 403."""
+    return float(min(10 * 2 ** min(retry, 5), 300))
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,9 +88,9 @@ async def ensure_child(kube: KubeClient, manifest: Mapping[str, Any], owner_uid:
         return True
     except ApiError as e:
         if e.status != 409:
-            if e.status in (400, 422):
-                raise ChildConflict(f"the API server rejected {kind} {name}: {e.message}") from None
-            raise kopf.TemporaryError(f"creating {kind} {name} failed ({e}); retrying", delay=10 if e.status == 403 else 2) from None
+            if e.status in (400, 403, 422):
+                raise ChildRefused(kind, name, e) from None
+            raise kopf.TemporaryError(f"creating {kind} {name} failed ({e}); retrying", delay=2) from None
     existing = await kube.get(manifest["apiVersion"], kind, namespace, name)
     if existing is None:
         raise kopf.TemporaryError(f"{kind} {name} existed a moment ago and is gone now; retrying", delay=1)
@@ -106,11 +127,15 @@ async def start_sftjob(
     metrics: Metrics,
     events: EventPoster,
     logger: logging.Logger,
+    retry: int = 0,
 ) -> dict[str, Any]:
     """Validate, render and create the children of an SFTJob; return the status to write.
 
     An invalid spec yields phase Failed with a Failed/InvalidSpec condition
-    naming each bad field, and creates nothing.
+    naming each bad field, and creates nothing. A child the API server
+    refuses with 403 raises CreateForbidden (kopf retries; its `status` says
+    why the job waits); with 400/422 the job fails with CreateRejected.
+    `retry` is kopf's retry count for this handler.
     """
     obj = _plain(body)
     generation = obj["metadata"].get("generation")
@@ -120,17 +145,30 @@ async def start_sftjob(
     except ManifestError as e:
         return _invalid(body, e.errors, generation, events, logger)
     except RenderError as e:
-        return _invalid(body, [str(e)], generation, events, logger)
+        return _invalid(body, e.errors, generation, events, logger)
 
     uid = obj["metadata"].get("uid")
     # In order, ConfigMap first: a Job must never start (and hold GPUs) when its run
     # config could not be created, or when the name belongs to someone else's ConfigMap.
     results = []
+    first_stage = ConditionType.SANITY_CHECKED.value if sftjob.spec.sanityCheck.enabled else ConditionType.TRAINING.value
     for manifest in manifests:
         try:
             results.append(await ensure_child(kube, manifest, uid, logger))
         except ChildConflict as e:
             return _invalid(body, [str(e)], generation, events, logger)
+        except ChildRefused as e:
+            forbidden = e.error.status == 403
+            delay = forbidden_retry_seconds(retry) if forbidden else None
+            status = create_refused_status(e.kind, e.name, obj["metadata"].get("namespace"), e.error.status, e.error.message,
+                                           generation, first_stage=first_stage, retry_seconds=delay)
+            message = status["conditions"][0]["message"]
+            if retry == 0:  # one Event per refusal, not one per retry
+                events.post(body, "Warning", status["conditions"][0]["reason"], message)
+            logger.warning("%s", message)
+            if forbidden:
+                raise CreateForbidden(message, status, delay) from None
+            return status
     children = ", ".join(f"{m['kind']} {m['metadata']['name']}" for m in manifests)
 
     job = next(m for m in manifests if m["kind"] == "Job")

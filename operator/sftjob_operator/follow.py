@@ -37,7 +37,7 @@ import kopf
 from sftjob.manifest import API_VERSION_FULL
 from sftjob.report import Progress
 from sftjob.spec import KIND
-from sftjob.vocabulary import TERMINAL_PHASES, ConditionType, Phase, Reason
+from sftjob.vocabulary import TERMINAL_PHASES, ConditionType, Phase, Reason, memory_hint
 
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.events import EventPoster
@@ -61,7 +61,7 @@ _TERMINAL = {p.value for p in TERMINAL_PHASES}
 # Reasons that report progress; any other reason on a condition is a problem worth a Warning event.
 _PROGRESS_REASONS = {
     Reason.CREATED.value, Reason.QUEUED.value, Reason.RUNNING.value, Reason.PASSED.value,
-    Reason.COMPLETED.value, Reason.SUSPENDED.value,
+    Reason.COMPLETED.value, Reason.SUSPENDED.value, Reason.POD_REPLACED.value,
 }
 # The condition whose message describes each phase in its Event.
 _PHASE_CONDITION = {
@@ -88,9 +88,15 @@ def slim_sftjob(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    training = spec.get("training") or {}
+    checkpointing = training.get("gradientCheckpointing")
+    if checkpointing is None:  # the runtime's default: on for GPUs, off on CPU
+        checkpointing = ((spec.get("resources") or {}).get("gpus", 1) or 0) > 0
     return {
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")},
-        "spec": {"suspend": bool(spec.get("suspend")), "queueName": spec.get("queueName")},
+        "spec": {"suspend": bool(spec.get("suspend")), "queueName": spec.get("queueName"),
+                 # What an out-of-memory message may suggest, given what the job already does.
+                 "memoryHint": memory_hint(bool(checkpointing), bool(training.get("lora")))},
         "status": status,
     }
 
@@ -160,6 +166,18 @@ def sftjob_logger(sft: Mapping[str, Any]) -> logging.LoggerAdapter:
     meta = sft["metadata"]
     ref = {"apiVersion": API_VERSION_FULL, "kind": KIND, **{k: meta.get(k) for k in ("name", "uid", "namespace")}}
     return logging.LoggerAdapter(_log, {"k8s_ref": ref})
+
+
+def _new_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Conditions whose reason is a problem that `old` did not have (a scheduler's changing node counts are not news)."""
+    found = []
+    for cond in new.get("conditions") or []:
+        if cond.get("type") == ConditionType.FAILED.value or cond.get("reason") in _PROGRESS_REASONS:
+            continue
+        previous = condition(old, cond.get("type", "")) or {}
+        if (previous.get("status"), previous.get("reason")) != (cond.get("status"), cond.get("reason")):
+            found.append(cond)
+    return found
 
 
 class Follower:
@@ -258,7 +276,8 @@ class Follower:
             return  # not seen yet; its ADDED event will bring us back
         known = self._progress.get(key)
         progress = known[1] if known is not None and known[0] == sft["metadata"].get("uid") else None
-        patch = compute_status(status, job, self._job_pods(key, job), progress, suspend=sft["spec"]["suspend"])
+        patch = compute_status(status, job, self._job_pods(key, job), progress, suspend=sft["spec"]["suspend"],
+                               hint=sft["spec"]["memoryHint"])
         if patch:
             await self._write(key, sft, status, patch)
 
@@ -302,11 +321,12 @@ class Follower:
         self._retries[key] = asyncio.get_running_loop().create_task(retry(), name=f"status retry {key}")
 
     def _announce(self, sft: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-        """Events (and log lines) for a phase transition and for newly reported problems."""
+        """Events (and log lines) for a phase transition and for newly reported problems; one Event per message."""
         ref = _ref(sft)
         logger = sftjob_logger(sft)
         post = self.events.post
         before, after = old.get("phase"), new.get("phase")
+        problems = [] if after == Phase.FAILED.value else _new_problems(old, new)  # the Failed event tells the story
         if after and after != before:
             cond = condition(new, _PHASE_CONDITION.get(after, "")) or {}
             message = cond.get("message") or f"The SFTJob is now {after}."
@@ -315,17 +335,12 @@ class Follower:
             failed = after == Phase.FAILED.value
             reason = cond.get("reason") if failed and cond.get("reason") else after
             logger.log(logging.WARNING if failed else logging.INFO, "phase %s -> %s: %s", before, after, message)
-            post(ref, "Warning" if failed else "Normal", reason, message)
-        if after == Phase.FAILED.value:
-            return  # the Failed event above already tells the story
-        for cond in new.get("conditions") or []:
-            if cond.get("type") == ConditionType.FAILED.value or cond.get("reason") in _PROGRESS_REASONS:
-                continue
-            previous = condition(old, cond.get("type", "")) or {}
-            # Only a new reason is news: a scheduler message that changes its node counts is not.
-            if (previous.get("status"), previous.get("reason")) != (cond.get("status"), cond.get("reason")):
-                logger.warning("%s: %s", cond.get("reason"), cond.get("message"))
-                post(ref, "Warning", cond.get("reason") or "Problem", cond.get("message") or "")
+            # A phase entered because of a problem is told once, by the problem's Warning below.
+            if not any(p.get("message") == message for p in problems):
+                post(ref, "Warning" if failed else "Normal", reason, message)
+        for cond in problems:
+            logger.warning("%s: %s", cond.get("reason"), cond.get("message"))
+            post(ref, "Warning", cond.get("reason") or "Problem", cond.get("message") or "")
 
     def running(self) -> list[Key]:
         """SFTJobs whose pod is in a phase that serves progress (as this operator last wrote it)."""

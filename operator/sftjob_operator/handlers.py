@@ -26,7 +26,7 @@ import kopf
 from sftjob.spec import API_GROUP, API_VERSION, PLURAL
 from sftjob.vocabulary import LABEL_JOB_NAME, TERMINAL_PHASES
 
-from sftjob_operator.children import start_sftjob
+from sftjob_operator.children import CreateForbidden, start_sftjob
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.context import OperatorContext, configure_settings
 from sftjob_operator.follow import Key, slim_job, slim_pod, slim_sftjob
@@ -95,12 +95,22 @@ async def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: A
 # -- SFTJobs -------------------------------------------------------------------------------------
 
 
+async def _start(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, logger: kopf.Logger, retry: int) -> None:
+    try:
+        patch.status.update(await start_sftjob(body, ctx.kube, ctx.config, ctx.metrics, ctx.events, logger, retry))
+    except CreateForbidden as e:
+        patch.status.update(e.status)  # kopf applies the patch, then retries after e.delay
+        raise
+
+
 @kopf.on.create(*SFTJOBS)
-async def sftjob_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+async def sftjob_created(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any
+) -> None:
     """Validate, render and create the ConfigMap and the Job; write the first status."""
     ctx = _ctx(memo)
     with ctx.metrics.timed("create"):
-        patch.status.update(await start_sftjob(body, ctx.kube, ctx.config, ctx.metrics, ctx.events, logger))
+        await _start(body, patch, ctx, logger, retry)
 
 
 @kopf.on.resume(*SFTJOBS)
@@ -112,7 +122,7 @@ async def sftjob_resumed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -
 @kopf.on.update(*SFTJOBS, field="spec")
 async def sftjob_spec_updated(
     namespace: str, name: str, body: kopf.Body, old: Any, new: Any, patch: kopf.Patch,
-    memo: kopf.Memo, logger: kopf.Logger, **_: Any,
+    memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any,
 ) -> None:
     """spec.suspend suspends or resumes the Job; other edits are reported as not applied.
 
@@ -121,7 +131,7 @@ async def sftjob_spec_updated(
     ctx = _ctx(memo)
     with ctx.metrics.timed("update"):
         if not await ctx.follower.spec_changed((namespace, name), body, old, new, logger):
-            patch.status.update(await start_sftjob(body, ctx.kube, ctx.config, ctx.metrics, ctx.events, logger))
+            await _start(body, patch, ctx, logger, retry)
 
 
 def _followed(type: str | None, status: kopf.Status, **_: Any) -> bool:

@@ -107,14 +107,25 @@ def progress_url(pod_ip: str, port: int) -> str:
     return f"http://{host}:{port}{PROGRESS_PATH}"
 
 
+def _serving(pod: Mapping[str, Any]) -> bool:
+    """Whether a runtime runs in the pod: the train container (phase Running) or the sanity init container.
+
+    While init containers run, the pod's phase is Pending; only the container
+    statuses say that the sanity check (which serves progress too) is running.
+    """
+    status = pod.get("status") or {}
+    if not status.get("podIP") or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    if status.get("phase") == "Running":
+        return True
+    return status.get("phase") == "Pending" and any(
+        "running" in (cs.get("state") or {}) for cs in status.get("initContainerStatuses") or []
+    )
+
+
 def running_pod_ip(pods: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...]) -> str | None:
-    """The IP of the newest running pod (the one whose runtime serves progress)."""
-    live = [
-        p for p in pods
-        if (p.get("status") or {}).get("phase") == "Running"
-        and (p.get("status") or {}).get("podIP")
-        and not (p.get("metadata") or {}).get("deletionTimestamp")
-    ]
+    """The IP of the newest pod whose runtime serves progress (training or the sanity check)."""
+    live = [p for p in pods if _serving(p)]
     if not live:
         return None
     newest = max(live, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", (p.get("metadata") or {}).get("name") or ""))

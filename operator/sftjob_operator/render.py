@@ -50,7 +50,35 @@ _VOL_WORK, _VOL_SHM, _VOL_RUN_CONFIG, _VOL_TMP = "work", "dshm", "run-config", "
 
 
 class RenderError(ValueError):
-    """The SFTJob cannot be rendered; the message names the field to change."""
+    """The SFTJob cannot be rendered; each of `errors` names a field to change."""
+
+    def __init__(self, *errors: str) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(errors))
+
+
+# Where a pod can read from and write to. Anything else (a path, ~, file://) means
+# this machine's files: fine for `sftjob run`, nowhere to be found in a pod.
+CLUSTER_SCHEMES = ("s3://", PVC_SCHEME)
+_LOCAL_MODEL = ("/", "./", "../", "~", "file://")
+
+
+def local_only_errors(job: SFTJob) -> list[str]:
+    """Fields that name this machine's files, which a training pod cannot see (empty: fit for a cluster)."""
+    s = job.spec
+    errors = []
+    how = "only `sftjob run` on the machine that has it can read it; on a cluster use"
+    source = s.model.source
+    if source.startswith(_LOCAL_MODEL) or source in (".", ".."):
+        errors.append(f"spec.model.source: {source!r} is a local path: {how} a Hugging Face hub id, s3://BUCKET/PREFIX "
+                      "or pvc://CLAIM/PATH")
+    for field, value in (("spec.dataset.train", s.dataset.train), ("spec.dataset.validation", s.dataset.validation)):
+        if value and not value.startswith(CLUSTER_SCHEMES):
+            errors.append(f"{field}: {value!r} is a local path: {how} s3://BUCKET/KEY or pvc://CLAIM/PATH")
+    if not s.output.uri.startswith(CLUSTER_SCHEMES):
+        errors.append(f"spec.output.uri: {s.output.uri!r} is a local location: the model would be written inside the "
+                      "pod and lost with it; on a cluster use s3://BUCKET/PREFIX or pvc://CLAIM/PATH")
+    return errors
 
 
 def configmap_name(name: str) -> str:
@@ -71,6 +99,9 @@ def render(job: SFTJob, config: OperatorConfig) -> list[dict]:
     read from the API server); offline renders omit them.
     """
     _check_name(job.name)
+    local = local_only_errors(job)
+    if local:
+        raise RenderError(*local)
     pvcs = _pvc_claims(job)
     run_config = _run_config(job)
     run_config_json = run_config.to_json()
@@ -388,4 +419,4 @@ def _volumes(job: SFTJob, pvcs: dict[str, bool]) -> list[dict[str, Any]]:
     return volumes
 
 
-__all__ = ["RenderError", "render", "spec_hash", "configmap_name", "job_name", "PVC_MOUNT_ROOT", "OUTPUT_DIR"]
+__all__ = ["RenderError", "local_only_errors", "render", "spec_hash", "configmap_name", "job_name", "PVC_MOUNT_ROOT", "OUTPUT_DIR"]

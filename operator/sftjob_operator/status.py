@@ -36,6 +36,7 @@ from sftjob.vocabulary import (
     ExitCode,
     Phase,
     Reason,
+    memory_hint,
 )
 
 from sftjob_operator.progress import progress_status
@@ -50,10 +51,8 @@ CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"
 RUNNING_PHASES = frozenset({Phase.SANITY_CHECKING.value, Phase.TRAINING.value, Phase.EXPORTING.value})
 # Fields of .status this module owns; everything else (jobName, observedGeneration) is left alone.
 _MANAGED = ("phase", "conditions", "progress", "sanityCheck", "bestCheckpoint", "resolved", "startTime", "completionTime")
-_MEMORY_HINT = (
-    "lower spec.training.perDeviceBatchSize or spec.training.maxSeqLength, "
-    "or enable spec.training.gradientCheckpointing"
-)
+# What to change after an OOM when the follower does not say what the job already does.
+_MEMORY_HINT = memory_hint(False, False)
 
 
 @dataclass(frozen=True)
@@ -136,8 +135,8 @@ def _stage_of(container: str) -> str:
     return ConditionType.SANITY_CHECKED.value if container == SANITY_CONTAINER else ConditionType.TRAINING.value
 
 
-def explain_termination(pod: Mapping[str, Any], container: str) -> Verdict | None:
-    """Why a container stopped with a non-zero exit code (None if it did not)."""
+def explain_termination(pod: Mapping[str, Any], container: str, hint: str = _MEMORY_HINT) -> Verdict | None:
+    """Why a container stopped with a non-zero exit code (None if it did not); `hint` says how to fit in memory."""
     term = _terminated(_container_status(pod, container))
     if not term or term.get("exitCode", 0) == 0:
         return None
@@ -147,7 +146,7 @@ def explain_termination(pod: Mapping[str, Any], container: str) -> Verdict | Non
     if term.get("reason") == "OOMKilled":
         return Verdict(
             Reason.OUT_OF_MEMORY.value,
-            f"The {what} container ran out of memory (OOMKilled). To fit, {_MEMORY_HINT}; "
+            f"The {what} container ran out of memory (OOMKilled). To fit, {hint}; "
             "or raise spec.resources.memory.",
             stage,
         )
@@ -156,7 +155,7 @@ def explain_termination(pod: Mapping[str, Any], container: str) -> Verdict | Non
         reason = _typed_reason(outcome.reason)
         message = outcome.message or f"The {what} failed ({outcome.reason})."
         if reason == Reason.OUT_OF_MEMORY.value and "perDeviceBatchSize" not in message:
-            message = f"{message.rstrip('.')}. To fit, {_MEMORY_HINT}."
+            message = f"{message.rstrip('.')}. To fit, {hint}."
         if reason is None:
             reason, message = Reason.INTERNAL_ERROR.value, f"{outcome.reason}: {message}"
         return Verdict(reason, message, stage)
@@ -233,17 +232,21 @@ def _permanent_failure(pod: Mapping[str, Any]) -> bool:
     return any((_terminated(_container_status(pod, name)) or {}).get("exitCode") in codes for name in (SANITY_CONTAINER, TRAIN_CONTAINER))
 
 
-def explain_pod_failure(pod: Mapping[str, Any]) -> Verdict | None:
-    """The most specific explanation of why a pod failed, or None."""
+def explain_pod_failure(pod: Mapping[str, Any], hint: str = _MEMORY_HINT) -> Verdict | None:
+    """The most specific explanation of why a pod failed, or None.
+
+    A disruption comes first: a preempted or drained pod's containers exit
+    on the SIGTERM it brought (143), which is its consequence, not a cause.
+    """
     return (
-        explain_termination(pod, SANITY_CONTAINER)
-        or explain_termination(pod, TRAIN_CONTAINER)
-        or _disruption(pod)
+        _disruption(pod)
+        or explain_termination(pod, SANITY_CONTAINER, hint)
+        or explain_termination(pod, TRAIN_CONTAINER, hint)
         or _waiting(pod)
     )
 
 
-def explain_job_failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Verdict:
+def explain_job_failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], hint: str = _MEMORY_HINT) -> Verdict:
     """Why a failed Job failed: its deadline, then the pods' own story, then the Job's reason."""
     cond = _true_condition(job, "Failed") or _true_condition(job, "FailureTarget") or {}
     job_reason = cond.get("reason") or ""
@@ -255,7 +258,7 @@ def explain_job_failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]
             "stopped. Raise spec.activeDeadlineSeconds, or shorten the run (spec.training.maxSteps or epochs).",
         )
     for pod in sorted(pods, key=_pod_order, reverse=True):
-        verdict = explain_pod_failure(pod)
+        verdict = explain_pod_failure(pod, hint)
         if verdict is not None:
             return verdict
     failed = (job.get("status") or {}).get("failed", 0)
@@ -399,7 +402,8 @@ def _sanity_report(desired: dict[str, Any], pods: Sequence[Mapping[str, Any]], n
             return
 
 
-def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], progress: Progress | None, now: str) -> None:
+def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], progress: Progress | None,
+             now: str, hint: str) -> None:
     """Phase and conditions of a Job that is neither finished nor suspended."""
     conds = desired["conditions"]
     job_name = (job.get("metadata") or {}).get("name", "?")
@@ -415,14 +419,19 @@ def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Map
             desired["phase"] = desired.get("phase") if desired.get("phase") in RUNNING_PHASES else Phase.TRAINING.value
             return
         failed_pods = [p for p in ordered if (p.get("status") or {}).get("phase") == "Failed"]
-        previous = next((v for v in map(explain_pod_failure, failed_pods) if v is not None), None)
+        previous = next((v for v in (explain_pod_failure(p, hint) for p in failed_pods) if v is not None), None)
         desired["phase"] = Phase.PENDING.value
         if previous is not None:
-            if _permanent_failure(failed_pods[0]):
+            if previous.reason == Reason.PREEMPTED.value:
+                # Its message already says disruptions do not count; no failure count beside it.
+                note = "Waiting for the Job's replacement pod."
+            elif _permanent_failure(failed_pods[0]):
                 # podFailurePolicy fails the Job on these exit codes; its Failed condition follows.
                 note = "A retry cannot help; the Job is failing."
             else:
-                failures = max((job.get("status") or {}).get("failed", 0), len(failed_pods))
+                # Disrupted pods are not failures (podFailurePolicy ignores them), so count only the others.
+                counted = sum(1 for p in failed_pods if _disruption(p) is None)
+                failures = max((job.get("status") or {}).get("failed", 0), counted)
                 note = f"The Job retries the pod ({failures} failure(s) so far, spec.backoffLimit allows " \
                        f"{(job.get('spec') or {}).get('backoffLimit', '?')})."
             conds = set_condition(conds, previous.condition, "Unknown", previous.reason, f"{previous.message} {note}", now)
@@ -441,6 +450,12 @@ def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Map
     main_state = (main or {}).get("state") or {}
     init_state = (init or {}).get("state") or {}
 
+    training = condition({"conditions": conds}, ConditionType.TRAINING.value) or {}
+    if disrupted is None and training.get("reason") == Reason.PREEMPTED.value:
+        # The disrupted pod is gone and its replacement is here: the preemption is history.
+        conds = set_condition(conds, ConditionType.TRAINING.value, "Unknown", Reason.POD_REPLACED.value,
+                              "A replacement pod started after the disruption; training resumes from the latest checkpoint.",
+                              now)
     if problem is not None:
         desired["phase"] = Phase.PENDING.value
         conds = set_condition(conds, problem.condition, "False", problem.reason, problem.message, now)
@@ -468,11 +483,13 @@ def compute_status(
     progress: Progress | None = None,
     *,
     suspend: bool = False,
+    hint: str = _MEMORY_HINT,
     now: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     """The merge patch for SFTJob `.status` given its Job, the Job's Pods and the latest progress.
 
-    `current` is the status so far; `suspend` is the SFTJob's spec.suspend.
+    `current` is the status so far; `suspend` is the SFTJob's spec.suspend;
+    `hint` says how to fit in memory (from `memory_hint` for the job's settings).
     Returns {} when nothing changes. A missing Job (not seen yet, or
     deleted after it finished) changes nothing: only evidence moves status.
     """
@@ -492,7 +509,7 @@ def compute_status(
     if _true_condition(job, "Complete") or _true_condition(job, "SuccessCriteriaMet"):
         _succeeded(desired, pods, stamp)
     elif _true_condition(job, "Failed") or _true_condition(job, "FailureTarget"):
-        verdict = explain_job_failure(job, pods)
+        verdict = explain_job_failure(job, pods, hint)
         _failed(desired, verdict, stamp)
     elif suspend or job_spec.get("suspend"):
         queued = not suspend and labels.get(KUEUE_QUEUE_LABEL)
@@ -517,7 +534,7 @@ def compute_status(
             desired["conditions"] = set_condition(
                 desired["conditions"], ConditionType.SUSPENDED.value, "False", Reason.RUNNING.value, "Resumed.", stamp
             )
-        _running(desired, job, pods, progress, stamp)
+        _running(desired, job, pods, progress, stamp, hint)
 
     phase = desired.get("phase")
     job_status = job.get("status") or {}
@@ -528,9 +545,12 @@ def compute_status(
     shown = progress_status(progress, phase) if progress is not None else None
     if shown is not None:
         desired["progress"] = shown
-    elif phase in {p.value for p in TERMINAL_PHASES} and isinstance(desired.get("progress"), Mapping):
-        # A finished job has no ETA.
-        desired["progress"] = {k: v for k, v in desired["progress"].items() if k not in ("eta", "etaSeconds")}
+    if phase in {p.value for p in TERMINAL_PHASES} and isinstance(desired.get("progress"), Mapping):
+        # A finished job has no ETA, and a succeeded one is no longer exporting.
+        finished = {k: v for k, v in desired["progress"].items() if k not in ("eta", "etaSeconds")}
+        if phase == Phase.SUCCEEDED.value and "stage" in finished:
+            finished["stage"] = "done"
+        desired["progress"] = finished
     if not desired["conditions"]:
         del desired["conditions"]
     return merge_diff(old, desired)
@@ -545,6 +565,39 @@ def invalid_spec_status(errors: Sequence[str], generation: int | None, now: date
         "phase": Phase.FAILED.value,
         "conditions": set_condition([], ConditionType.FAILED.value, "True", Reason.INVALID_SPEC.value, message, stamp),
     }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
+
+
+def create_refused_status(
+    kind: str, name: str, namespace: str | None, code: int, detail: str, generation: int | None, *,
+    first_stage: str, retry_seconds: float | None, now: datetime.datetime | None = None,
+) -> dict[str, Any]:
+    """Status of an SFTJob whose ConfigMap or Job the API server refused although its spec is valid.
+
+    403 (RBAC, ResourceQuota, an admission policy answering Forbidden) may
+    pass once the cause is fixed, so the operator retries (`retry_seconds`)
+    and the job waits in Pending; 400/422 from admission will not, so the job
+    fails. Neither is InvalidSpec: the spec passed validation.
+    """
+    where = f"namespace {namespace}" if namespace else "this namespace"
+    refused = f"The API server refused to create {kind} {name} (HTTP {code}: {detail.rstrip('.')})."
+    stamp = now_rfc3339(now)
+    if retry_seconds is not None:
+        message = (f"{refused} The SFTJob itself is valid: an RBAC rule, a ResourceQuota or an admission policy in {where} "
+                   f"forbids the {kind}. Retrying every {retry_seconds:.0f} s; once the cluster admin fixes the cause "
+                   "(or quota frees up), the job starts.")
+        reason, phase = Reason.CREATE_FORBIDDEN.value, Phase.PENDING.value
+        conds = set_condition([], first_stage, "False", reason, message, stamp)
+    else:
+        message = (f"{refused} The SFTJob's spec is valid, but an admission policy or webhook in {where} rejects the "
+                   f"{kind} rendered from it (see `sftjob render`). Ask the cluster admin, or change the SFTJob so that "
+                   "it complies and apply it again.")
+        reason, phase = Reason.CREATE_REJECTED.value, Phase.FAILED.value
+        conds = set_condition([], first_stage, "False", reason, message, stamp)
+        conds = set_condition(conds, ConditionType.FAILED.value, "True", reason, message, stamp)
+    status: dict[str, Any] = {"phase": phase, "conditions": conds}
     if generation is not None:
         status["observedGeneration"] = generation
     return status

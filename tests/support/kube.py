@@ -244,6 +244,9 @@ class SFTJobEmulator(kmock.KubernetesEmulator):
     # What a modifying request did, read by the fallback reaction that answers it.
     _outcomes: dict[rendering.Request, Any] = attrs.field(factory=dict, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    # (plural, namespace) -> (status, reason, message): creations the "API server" refuses, as
+    # RBAC, a ResourceQuota or an admission policy would. Set from tests with refuse()/allow().
+    _refusals: dict[tuple[str, str | None], tuple[int, str, str]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -271,6 +274,14 @@ class SFTJobEmulator(kmock.KubernetesEmulator):
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
                 subresources=set(version.get("subresources") or {}),
             )
+
+    def refuse(self, plural: str, namespace: str | None, status: int, reason: str, message: str) -> None:
+        """Refuse every create of `plural` in `namespace` with this answer until allow()."""
+        self._refusals[plural, namespace] = (status, reason, message)
+
+    def allow(self, plural: str, namespace: str | None) -> None:
+        """Undo refuse()."""
+        self._refusals.pop((plural, namespace), None)
 
     @property
     def request_count(self) -> int:
@@ -445,6 +456,9 @@ class SFTJobEmulator(kmock.KubernetesEmulator):
                 message = "the namespace of the object does not match the namespace of the request"
                 raise _error(400, "BadRequest", message)
 
+        refusal = self._refusals.get((resource.plural, namespace))
+        if refusal is not None:
+            raise _error(*refusal)
         name = meta.get("name")
         if not name and meta.get("generateName"):
             while True:
