@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 WANDB_MODE=offline
+export HF_HUB_OFFLINE=1
 # The quickstart manifest points here (model.source).
 .venv/bin/sftjob demo-model "$HOME/.cache/sftjob/demo-model"
 .venv/bin/sftjob validate examples/quickstart.yaml

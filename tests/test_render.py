@@ -84,8 +84,8 @@ VARIANTS: dict[str, dict] = {
     }, serviceAccountName="sft-runner", image="registry.example/sft:2", ttlSecondsAfterFinished=60),
     "offline": {**manifest(), "metadata": {"name": "llama-sft"}},
 }
-# The quickstart is a local manifest (paths on this machine): the operator refuses it, tested below.
-LOCAL_EXAMPLES = {"quickstart.yaml"}
+# Local manifests (paths on this machine): the operator refuses them, tested below.
+LOCAL_EXAMPLES = {"quickstart.yaml", "wandb-offline.yaml"}
 for _path in EXAMPLES:
     if _path.name in LOCAL_EXAMPLES:
         continue

@@ -137,7 +137,7 @@ def test_tensorboard_has_the_recipe_metrics(trained):
         acc = EventAccumulator(str(f))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
-    assert {"train/loss", "eval/loss", "train/learning_rate", "train/grad_norm"} <= tags
+    assert {"train/loss", "eval/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_second"} <= tags
 
 
 def test_termination_message_carries_the_outcome(trained):
@@ -309,3 +309,30 @@ def test_a_small_run_prints_no_library_noise(tiny_model_dir, tmp_path):  # noqa:
     text = r.stdout + r.stderr
     for noise in ("[INFO] Running in WANDB offline mode", "Warning:", "warnings.warn", "deprecated", "Traceback"):
         assert noise not in text, f"{noise!r} in the output of a plain run:\n{text[-3000:]}"
+
+
+def test_wandb_example_records_an_offline_run_with_the_recipe_metrics(tiny_model_dir, tmp_path):  # noqa: F811
+    """examples/wandb-offline.yaml as written (tiny model, few steps): W&B run files with what the recipe watches."""
+    from tests.support.wandb_files import history, run_files
+
+    example = yaml.safe_load((ROOT / "examples" / "wandb-offline.yaml").read_text())
+    assert "wandb" in example["spec"]["monitoring"]["reportTo"]
+    example["spec"]["model"]["source"] = str(tiny_model_dir)
+    example["spec"]["training"].update(maxSteps=6, evalSteps=2, loggingSteps=1, learningRate=3e-3)
+    example["spec"]["sanityCheck"].update(steps=2, samples=8)
+    for key in ("train", "validation"):  # the example's data, from where the example lives
+        example["spec"]["dataset"][key] = str(ROOT / "examples" / example["spec"]["dataset"][key])
+    example["spec"]["output"]["uri"] = str(tmp_path / "export")
+    job = tmp_path / "wandb.yaml"
+    job.write_text(yaml.safe_dump(example))
+    r = run_cli("run", str(job), "--output", str(tmp_path / "work"), env_extra={"WANDB_MODE": "offline"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    [run_file] = run_files(tmp_path / "work")  # the training run only: the sanity check reports nowhere
+    rows = history(run_file)
+    seen = {k for row in rows for k in row}
+    assert {"train/loss", "train/grad_norm", "train/learning_rate", "train/tokens_per_second", "eval/loss"} <= seen
+    losses = [row["train/loss"] for row in rows if "train/loss" in row]
+    evals = [row["eval/loss"] for row in rows if "eval/loss" in row]
+    assert len(losses) >= 6 and len(evals) >= 3 and evals[-1] < evals[0]
+    assert all(row["train/tokens_per_second"] > 0 for row in rows if "train/tokens_per_second" in row)
+    assert "URL not available" not in r.stderr

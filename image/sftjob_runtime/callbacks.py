@@ -55,7 +55,7 @@ class MonitorCallback(TrainerCallback):
         self.progress.update(stage=self.stage, totalSteps=state.max_steps, step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kw):
-        logs = logs or {}
+        logs = logs if logs is not None else {}
         step = state.global_step
         if "loss" in logs:
             self._on_train_log(step, logs, state, control)
@@ -90,6 +90,11 @@ class MonitorCallback(TrainerCallback):
         except ImportError:  # pragma: no cover - torch is always there in the runtime
             pass
         emit("train_log", **event)
+        # Into the trainer's own log record too: this callback runs first (train.py puts it
+        # there), so TensorBoard and W&B chart them beside loss and grad norm.
+        for key in ("tokens_per_second", "gpu_memory_gb"):
+            if event.get(key) is not None:
+                logs[key] = event[key]
 
         if not math.isfinite(loss):
             self.diverged = f"loss became {loss} at step {step}"

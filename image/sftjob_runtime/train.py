@@ -104,6 +104,11 @@ def make_trainer_class():
             self.token_counter = token_counter
             self.fused_head = fused_head
 
+        def create_model_card(self, *args, **kwargs):
+            # TRL's hub model card lands in the checkpoint folder, not in the exported model, and
+            # asks the W&B run for its URL, which an offline run warns it lacks at every save.
+            return None
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 if "attention_mask" in inputs:
@@ -158,18 +163,23 @@ def _load_model(cfg: RunConfig, model_path: str, dtype: str, attention: str):
     return model
 
 
-def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: bool, max_steps: int | None = None):
-    """Map our stable spec names onto the installed TRL/transformers argument names."""
+def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: bool, max_steps: int | None = None,
+                     report: bool = True):
+    """Map our stable spec names onto the installed TRL/transformers argument names.
+
+    `report=False` (the sanity check's throwaway run) reports to no metric sink.
+    """
     from trl import SFTConfig
 
     keep_best = has_eval and cfg.output.keep == "best"
-    report_to = list(cfg.monitoring.reportTo) or ["none"]
+    report_to = (list(cfg.monitoring.reportTo) if report else []) or ["none"]
     if "tensorboard" in report_to:
         # transformers 5 has no logging_dir: TensorBoard reads this variable.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.tensorboard)
     if "wandb" in report_to:
         os.environ.setdefault("WANDB_MODE", "offline" if not os.environ.get("WANDB_API_KEY") else "online")
-        os.environ.setdefault("WANDB_DIR", str(paths.root))
+        # This run's files go under this run's directory (set, not defaulted: one process may run several).
+        os.environ["WANDB_DIR"] = str(paths.root)
         if cfg.monitoring.wandbProject:
             os.environ.setdefault("WANDB_PROJECT", cfg.monitoring.wandbProject)
         if cfg.monitoring.wandbEntity:
@@ -346,6 +356,9 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
         token_counter=counter,
         fused_head=prep.hardware.device == "cuda",
     )
+    # First in line, so the tokens/s (and GPU memory) it adds to each log reach TensorBoard and W&B too.
+    trainer.callback_handler.callbacks.remove(monitor)
+    trainer.callback_handler.callbacks.insert(0, monitor)
     sample_msgs = prep.val.examples[0].messages if prep.val.examples else prep.train.examples[0].messages
     last = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
     before = None
