@@ -130,6 +130,21 @@ ENV_HF_TOKEN = "HF_TOKEN"
 ENV_WANDB_API_KEY = "WANDB_API_KEY"
 ENV_AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+
+# Credentials reach a training pod as files (a projected Secret volume), never as environment
+# variables in the pod spec; the runtime reads them into its own process environment.
+SECRETS_DIR = "/etc/sftjob/secrets"
+ENV_SECRETS_DIR = "SFTJOB_SECRETS_DIR"
+# JSON {file name: what names it, e.g. "spec.model.tokenSecretRef (Secret hf-token, key token)"}: the
+# files the operator mounted, so the runtime can say which Secret is missing (names, never values).
+ENV_SECRET_FILES = "SFTJOB_SECRET_FILES"
+# Environment variable the runtime sets -> file name in SECRETS_DIR.
+SECRET_FILES = {
+    ENV_HF_TOKEN: "hf-token",
+    ENV_AWS_ACCESS_KEY_ID: "aws-access-key-id",
+    ENV_AWS_SECRET_ACCESS_KEY: "aws-secret-access-key",
+    ENV_WANDB_API_KEY: "wandb-api-key",
+}
 ENV_TERMINATION_LOG = "SFTJOB_TERMINATION_LOG"
 ENV_PROGRESS_PORT = "SFTJOB_PROGRESS_PORT"
 

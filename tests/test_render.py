@@ -178,7 +178,7 @@ def test_render_is_deterministic(variant):
 def test_spec_hash_annotation_tracks_what_was_rendered():
     def digest(obj: dict) -> str:
         cm, job = render(job_of(obj), CONFIG)
-        assert cm["metadata"]["annotations"] == job["metadata"]["annotations"]
+        assert cm["metadata"]["annotations"][vocab.ANNOTATION_SPEC_HASH] == job["metadata"]["annotations"][vocab.ANNOTATION_SPEC_HASH]
         return job["metadata"]["annotations"][vocab.ANNOTATION_SPEC_HASH]
 
     base = digest(manifest())
@@ -276,7 +276,7 @@ def test_restricted_pod_security_standard(variant):
     assert pod["automountServiceAccountToken"] is False
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         assert not pod.get(key)
-    allowed_volumes = {"emptyDir", "configMap", "persistentVolumeClaim"}
+    allowed_volumes = {"emptyDir", "configMap", "persistentVolumeClaim", "projected"}  # all allowed by restricted
     for vol in pod["volumes"]:
         assert set(vol) - {"name"} <= allowed_volumes, vol
     for c in all_containers(objs):
@@ -358,42 +358,55 @@ def env_of(c: dict) -> dict[str, dict]:
     return {e["name"]: e for e in c["env"]}
 
 
-def test_secrets_reach_the_pod_only_as_secret_key_refs():
+def test_secrets_reach_the_pod_only_as_files():
     cm, job = rendered("all-secrets")
+    pod = job["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    assert volume["projected"] == {"defaultMode": 0o440, "sources": [
+        {"secret": {"name": "hf-token", "items": [{"key": "token", "path": "hf-token"}], "optional": True}},
+        {"secret": {"name": "s3-creds", "optional": True, "items": [
+            {"key": "AWS_ACCESS_KEY_ID", "path": "aws-access-key-id"},
+            {"key": "AWS_SECRET_ACCESS_KEY", "path": "aws-secret-access-key"}]}},
+        {"secret": {"name": "wandb-key", "items": [{"key": "api-key", "path": "wandb-api-key"}], "optional": True}},
+    ]}
     for c in all_containers([cm, job]):
+        assert {"name": "secrets", "mountPath": vocab.SECRETS_DIR, "readOnly": True} in c["volumeMounts"]
         env = env_of(c)
-        assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
-        assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "wandb-key", "key": "api-key"}}
-        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
-            "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
-        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
-            "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}
+        assert env[vocab.ENV_SECRETS_DIR]["value"] == vocab.SECRETS_DIR
+        assert json.loads(env[vocab.ENV_SECRET_FILES]["value"]) == {
+            "hf-token": "spec.model.tokenSecretRef (Secret hf-token, key token)",
+            "aws-access-key-id": "spec.output.credentialsSecretRef (Secret s3-creds, key AWS_ACCESS_KEY_ID)",
+            "aws-secret-access-key": "spec.output.credentialsSecretRef (Secret s3-creds, key AWS_SECRET_ACCESS_KEY)",
+            "wandb-api-key": "spec.monitoring.wandb.apiKeySecretRef (Secret wandb-key, key api-key)",
+        }
         for name in ("HF_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            assert "value" not in env[name]
-    # The run config carries no secret references either: the runtime reads its environment.
+            assert name not in env
+    # The run config carries no secret references either.
     text = cm["data"][vocab.RUN_CONFIG_KEY]
     for secret in ("hf-token", "wandb-key", "s3-creds", "secretKeyRef", "SecretRef"):
         assert secret not in text
 
 
+def test_no_secret_volume_without_credentials():
+    pod = rendered("base")[1]["spec"]["template"]["spec"]
+    assert "secrets" not in {v["name"] for v in pod["volumes"]}
+    assert vocab.ENV_SECRETS_DIR not in env_of(pod["containers"][0])
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_every_env_var_from_a_secret_uses_secret_key_ref(variant):
-    secret_vars = {vocab.ENV_HF_TOKEN, vocab.ENV_WANDB_API_KEY, vocab.ENV_AWS_ACCESS_KEY_ID,
-                   vocab.ENV_AWS_SECRET_ACCESS_KEY}
+def test_no_env_var_comes_from_a_secret(variant):
+    """CKV_K8S_35: credentials are files; every environment variable is a plain value."""
     for c in all_containers(rendered(variant)):
         assert "envFrom" not in c
         for e in c["env"]:
-            if e["name"] in secret_vars:
-                assert set(e) == {"name", "valueFrom"} and set(e["valueFrom"]) == {"secretKeyRef"}
-            else:
-                assert set(e) == {"name", "value"} and isinstance(e["value"], str)
+            assert set(e) == {"name", "value"} and isinstance(e["value"], str)
 
 
 def test_environment():
     env = env_of(container(rendered("base"), vocab.TRAIN_CONTAINER))
     assert env["HF_HOME"]["value"] == "/workspace/.cache/huggingface"
     assert env[vocab.ENV_PROGRESS_PORT]["value"] == str(CONFIG.progress_port)
-    assert "WANDB_MODE" not in env and "HF_TOKEN" not in env and "AWS_ACCESS_KEY_ID" not in env
+    assert "WANDB_MODE" not in env and vocab.ENV_SECRETS_DIR not in env
     assert env_of(container(rendered("all-secrets"), vocab.TRAIN_CONTAINER))["WANDB_MODE"]["value"] == "online"
     keyless = manifest(monitoring={"reportTo": ["wandb"], "wandb": {"project": "p"}})
     assert env_of(container(render(job_of(keyless), CONFIG), vocab.TRAIN_CONTAINER))["WANDB_MODE"]["value"] == "offline"

@@ -63,6 +63,9 @@ def write_outcome(outcome: Outcome) -> None:
 
 
 def _load(file: str) -> tuple[RunConfig, Path]:
+    from sftjob_runtime.credentials import load_credentials
+
+    load_credentials()  # in a pod: the mounted Secret files, before anything reads the environment
     cfg = load_run_config(file)
     # Relative paths in a manifest are relative to the manifest's folder.
     return cfg, Path(file).resolve().parent
