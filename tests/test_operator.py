@@ -12,11 +12,8 @@ as its podIP, and the operator's progress port points at the server.
 from __future__ import annotations
 
 import concurrent.futures
-import http.server
 import json
-import socket
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -28,52 +25,22 @@ import pytest
 from sftjob.report import BestCheckpoint, Outcome, SanityResult
 
 from tests.support.kube import ApiError, RunningEmulator, running_emulator, wait_for
+from tests.support.playback import (
+    SANITY_PASSED,
+    ProgressServer,
+    free_port,
+    job_finished,
+    pod_status,
+    running,
+    terminated,
+    waiting,
+)
 from tests.support.operator_process import OperatorProcess, operator_process
 
 API = "sftjob.dev/v1alpha1"
 OPERATOR = (sys.executable, "-m", "sftjob.cli", "operator")
 TIMEOUT = 30.0  # generous: the machine is shared
 POLL_SECONDS = 0.3  # the operator's progress poll interval in these tests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ProgressServer:
-    """The runtime's progress endpoint: serves `payload` as JSON on /progress and counts requests."""
-
-    def __init__(self) -> None:
-        self.payload: dict[str, Any] | None = None
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                outer.requests += 1
-                if self.path != "/progress" or outer.payload is None:
-                    self.send_error(404)
-                    return
-                body = json.dumps(outer.payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def sftjob_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
@@ -85,42 +52,6 @@ def sftjob_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
     base.update(spec)
     return {"apiVersion": API, "kind": "SFTJob", "metadata": {"name": name, "namespace": namespace}, "spec": base}
-
-
-# -- container states as the kubelet writes them -------------------------------------------------
-
-
-def running() -> dict[str, Any]:
-    return {"running": {"startedAt": "2026-11-25T12:00:00Z"}}
-
-
-def waiting(reason: str) -> dict[str, Any]:
-    return {"waiting": {"reason": reason}}
-
-
-def terminated(code: int, reason: str, message: str | None = None) -> dict[str, Any]:
-    term: dict[str, Any] = {"exitCode": code, "reason": reason, "finishedAt": "2026-11-25T12:30:00Z"}
-    if message is not None:
-        term["message"] = message
-    return {"terminated": term}
-
-
-def pod_status(phase: str, init: dict | None = None, main: dict | None = None) -> dict[str, Any]:
-    status: dict[str, Any] = {"phase": phase, "podIP": "127.0.0.1",
-                              "conditions": [{"type": "PodScheduled", "status": "True"}]}
-    if init is not None:
-        status["initContainerStatuses"] = [{"name": "sanity-check", "state": init, "ready": False, "restartCount": 0}]
-    if main is not None:
-        status["containerStatuses"] = [{"name": "train", "state": main, "ready": "running" in main, "restartCount": 0}]
-    return status
-
-
-def job_finished(kind: str, reason: str, message: str) -> dict[str, Any]:
-    return {"active": 0, "conditions": [{"type": kind, "status": "True", "reason": reason, "message": message}]}
-
-
-SANITY_PASSED = Outcome(ok=True, sanity=SanityResult(passed=True, initialLoss=2.3, finalLoss=1.1, rows=32, maskedRows=0,
-                                                      truncatedRows=0))
 
 
 class Cluster:
