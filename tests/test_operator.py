@@ -32,6 +32,7 @@ from tests.support.playback import (
     job_finished,
     pod_status,
     running,
+    sftjob_manifest,
     terminated,
     waiting,
 )
@@ -41,17 +42,6 @@ API = "sftjob.dev/v1alpha1"
 OPERATOR = (sys.executable, "-m", "sftjob.cli", "operator")
 TIMEOUT = 30.0  # generous: the machine is shared
 POLL_SECONDS = 0.3  # the operator's progress poll interval in these tests
-
-
-def sftjob_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    base = {
-        "model": {"source": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "dataset": {"train": "s3://data/train.jsonl", "validation": "s3://data/val.jsonl"},
-        "output": {"uri": f"s3://models/{name}"},
-        "resources": {"gpus": 1},
-    }
-    base.update(spec)
-    return {"apiVersion": API, "kind": "SFTJob", "metadata": {"name": name, "namespace": namespace}, "spec": base}
 
 
 class Cluster:

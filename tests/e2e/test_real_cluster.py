@@ -12,7 +12,6 @@ See README, "End-to-end tests".
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -20,22 +19,11 @@ import yaml
 from sftjob.report import BestCheckpoint, Outcome
 from tests.e2e.cluster import RELEASE, REPO, Kubectl, helm_release, kubectl, operator, progress, wait  # noqa: F401
 from tests.support.playback import SANITY_PASSED, pod_status, running, terminated, waiting
+from tests.support.playback import sftjob_manifest as sftjob
 
 pytestmark = pytest.mark.e2e
-API = "sftjob.dev/v1alpha1"
 CRD = "sftjobs.sftjob.dev"
 TIMEOUT = 60
-
-
-def sftjob(name: str, namespace: str, **spec) -> dict:
-    base = {
-        "model": {"source": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "dataset": {"train": "s3://data/train.jsonl", "validation": "s3://data/val.jsonl"},
-        "output": {"uri": f"s3://models/{name}"},
-        "resources": {"gpus": 1},
-    }
-    base.update(spec)
-    return {"apiVersion": API, "kind": "SFTJob", "metadata": {"name": name, "namespace": namespace}, "spec": base}
 
 
 def status_of(k: Kubectl, name: str, ns: str) -> dict:

@@ -91,3 +91,16 @@ def job_finished(kind: str, reason: str, message: str) -> dict[str, Any]:
 
 SANITY_PASSED = Outcome(ok=True, sanity=SanityResult(passed=True, initialLoss=2.3, finalLoss=1.1, rows=32, maskedRows=0,
                                                       truncatedRows=0))
+
+
+def sftjob_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A cluster-ready SFTJob (hub model, S3 data and output, one GPU); `spec` replaces whole sections."""
+    base = {
+        "model": {"source": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "dataset": {"train": "s3://data/train.jsonl", "validation": "s3://data/val.jsonl"},
+        "output": {"uri": f"s3://models/{name}"},
+        "resources": {"gpus": 1},
+    }
+    base.update(spec)
+    return {"apiVersion": "sftjob.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": name, "namespace": namespace},
+            "spec": base}
