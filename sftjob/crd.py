@@ -232,6 +232,9 @@ _STATUS_FIELD_DOCS = {
         "rows": "Rows used by the sanity run.",
         "maskedRows": "Rows with no trained-on token (dropped from training).",
         "truncatedRows": "Rows longer than maxSeqLength (truncated).",
+        "truncatedAnswers": "Training rows whose answer lost tokens to maxSeqLength (counted over the whole training set).",
+        "emptyAnswers": "Training rows whose trained answer is empty after stripping whitespace.",
+        "suggestedMaxSeqLength": "A maxSeqLength that keeps 95% of the rows whole (when truncation was the problem).",
         "sample": "A generation from the sanity-trained model, to judge that output is not garbled.",
     },
     "bestCheckpoint": {

@@ -51,6 +51,9 @@ class SanityResult(_Wire):
     rows: int | None = None
     maskedRows: int | None = None
     truncatedRows: int | None = None
+    truncatedAnswers: int | None = None
+    emptyAnswers: int | None = None
+    suggestedMaxSeqLength: int | None = None
     sample: str | None = None
 
 

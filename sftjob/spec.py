@@ -122,6 +122,14 @@ class DatasetSpec(_Model):
         default="auto",
         description="Row format: messages ({messages: [{role, content}]}), prompt-completion, or auto-detect.",
     )
+    trainOn: Literal["all-assistant", "last-assistant"] = Field(
+        default="all-assistant",
+        description=(
+            "Which assistant turns are trained. all-assistant: every assistant turn of a messages row, and the "
+            "completion of a prompt-completion row (its prompt, assistant turns included, is context, as in TRL). "
+            "last-assistant: only each row's last assistant turn."
+        ),
+    )
 
 
 class LoraSpec(_Model):
@@ -185,6 +193,20 @@ class SanityCheckSpec(_Model):
     enabled: bool = Field(default=True, description="Run the sanity check before training (recommended).")
     steps: int = Field(default=10, ge=2, le=200, description="Optimizer steps in the sanity run.")
     samples: int = Field(default=64, ge=4, le=10000, description="Training rows used by the sanity run.")
+    maxTruncatedShare: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Fail (SanityTruncated) when more than this share of training rows lose answer tokens to maxSeqLength.",
+    )
+    maxEmptyAnswerShare: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Fail (SanityEmptyAnswers) when more than this share of training rows have a trained answer that is "
+                    "empty after stripping whitespace (0: any such row).",
+    )
+    divergenceFactor: float = Field(
+        default=1.5, gt=1, le=100,
+        description="Fail (SanityDiverged) when the loss on the sanity rows ends above this multiple of where it began, "
+                    "or a gradient norm exceeds 10x this multiple of the first one.",
+    )
 
 
 class Toleration(_Model):

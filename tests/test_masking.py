@@ -391,3 +391,63 @@ def test_both_data_formats_from_files_train_only_the_answers(tokenizer, template
         row = masker.tokenize(example.messages, max_length=None)
         assert_trained_exactly(row, tokenizer, expected_answers(template, tokenizer, example.messages), straddle=straddle)
         assert "You answer in one short sentence." in row.text  # the system prompt is rendered, not trained
+
+
+CONVERSATIONAL_PC = {
+    "prompt": [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris is the capital of France."},
+        {"role": "user", "content": "And of Italy? Reply briefly."},
+    ],
+    "completion": [{"role": "assistant", "content": "Rome, on the Tiber."}],
+}
+STRING_PC = {"system": "You answer in one short sentence.", "prompt": "What is the capital of France?",
+             "completion": "Paris is the capital of France."}
+
+
+@pytest.mark.parametrize("template", [None, "chatml", "mistral", CHATML_WITH_GENERATION],
+                         ids=["model", "chatml", "mistral", "inline-generation-markers"])
+@pytest.mark.parametrize("row", [CONVERSATIONAL_PC, STRING_PC], ids=["conversational", "string"])
+def test_prompt_completion_rows_train_exactly_the_completion(tokenizer, template, row, tmp_path):
+    """TRL's completion_only_loss: the prompt, its assistant turns included, is context; only the completion is trained."""
+    import json
+
+    from sftjob_runtime.data import load_examples
+
+    (tmp_path / "pc.jsonl").write_text(json.dumps(row) + "\n")
+    (example,) = load_examples(tmp_path / "pc.jsonl")
+    masker = ConversationMasker(tokenizer, resolve_chat_template(tokenizer, template))
+    tokenized = masker.tokenize(example.messages, max_length=None, train_from=example.train_from)
+    completion = row["completion"] if isinstance(row["completion"], str) else row["completion"][0]["content"]
+    expected = expected_answers("mistral" if template == "mistral" else "chatml", tokenizer,
+                                [{"role": "assistant", "content": completion}])
+    assert trained_spans(tokenizer, tokenized.input_ids, tokenized.labels) == expected
+    if row is CONVERSATIONAL_PC:
+        assert "Paris is the capital of France." in tokenized.text  # rendered as context, never trained
+
+
+def test_train_on_last_assistant_trains_only_the_last_turn(tokenizer, tmp_path):
+    import json
+
+    from sftjob_runtime.data import load_examples
+
+    (tmp_path / "m.jsonl").write_text(json.dumps({"messages": WITH_SYSTEM}) + "\n")
+    masker = ConversationMasker(tokenizer, resolve_chat_template(tokenizer, None))
+    (every,) = load_examples(tmp_path / "m.jsonl")
+    (last,) = load_examples(tmp_path / "m.jsonl", train_on="last-assistant")
+    spans = lambda ex: trained_spans(tokenizer, *(lambda t: (t.input_ids, t.labels))(  # noqa: E731
+        masker.tokenize(ex.messages, max_length=None, train_from=ex.train_from)))
+    assert spans(every) == ["Paris is the capital of France.<|im_end|>", "Rome, on the Tiber.<|im_end|>"]
+    assert spans(last) == ["Rome, on the Tiber.<|im_end|>"]
+
+
+def test_a_completion_without_an_assistant_turn_is_a_data_error(tmp_path):
+    import json
+
+    from sftjob_runtime.data import DatasetError, load_examples
+
+    bad = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "user", "content": "oops"}]}
+    (tmp_path / "pc.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(DatasetError, match=r'pc.jsonl:1: "completion" has no assistant message'):
+        load_examples(tmp_path / "pc.jsonl")

@@ -318,6 +318,36 @@ def test_sanity_failure_fails_with_the_report(cluster: Cluster, ns: str) -> None
     assert events[0]["reason"] == "SanityAllMasked"
 
 
+SANITY_FAILURES = [
+    SanityResult(passed=False, reason="SanityTruncated", rows=300, maskedRows=300, truncatedRows=300, truncatedAnswers=300,
+                 suggestedMaxSeqLength=512, message="300 of 300 training rows lose answer tokens to "
+                 "spec.training.maxSeqLength=64 (300 lose the whole answer, e.g. train.jsonl:1): set "
+                 "spec.training.maxSeqLength to at least 512"),
+    SanityResult(passed=False, reason="SanityEmptyAnswers", rows=300, emptyAnswers=4,
+                 message="4 of 300 training rows have answers that are empty after stripping whitespace (train.jsonl:3)"),
+    SanityResult(passed=False, reason="SanityNoEndOfTurn", rows=300, maskedRows=0,
+                 message="no trained token is the end of turn: the model would never learn to stop"),
+    SanityResult(passed=False, reason="SanityDiverged", rows=64, initialLoss=4.8, finalLoss=714.7,
+                 message="the loss grew from 4.8016 to 714.6882 (148.8x) over 12 steps: lower spec.training.learningRate 3x"),
+]
+
+
+@pytest.mark.parametrize("report", SANITY_FAILURES, ids=[r.reason for r in SANITY_FAILURES])
+def test_each_sanity_reason_is_shown_in_the_failed_condition_and_the_report(cluster: Cluster, ns: str, report) -> None:
+    cluster.create("gate", ns)
+    job = cluster.wait_job("gate", ns)
+    pod = cluster.start_pod(job)
+    outcome = Outcome(ok=False, reason=report.reason, message=f"sanity check failed: {report.message}", sanity=report)
+    cluster.kubelet(ns, pod, pod_status("Failed", init=terminated(10, "Error", outcome.to_termination_message()),
+                                        main=waiting("PodInitializing")))
+    cluster.job_controller(ns, job["metadata"]["name"], job_finished("Failed", "PodFailurePolicy", "exit code 10"))
+    obj = cluster.wait_phase("gate", ns, "Failed")
+    cond = cluster.condition(obj, "Failed")
+    assert (cond["reason"], cond["message"]) == (report.reason, outcome.message)
+    assert cluster.condition(obj, "SanityChecked")["reason"] == report.reason
+    assert obj["status"]["sanityCheck"] == report.model_dump(mode="json", exclude_none=True)
+
+
 def test_oom_killed_training_fails_with_out_of_memory(cluster: Cluster, ns: str) -> None:
     cluster.create("oom", ns)
     job = cluster.wait_job("oom", ns)

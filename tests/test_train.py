@@ -223,9 +223,13 @@ def test_sanity_fails_when_every_row_is_masked(tiny_model_dir, tmp_path):  # noq
     # maxSeqLength 20 ends every row before its assistant turn starts: nothing to train on.
     job = write_job(tmp_path, tiny_model_dir, training={"maxSeqLength": 20}, sanity=True)
     r = run_cli("sanity", str(job), "--json")
-    assert r.returncode != 0
+    assert r.returncode == 10
     assert "Traceback" not in r.stderr
-    assert "no training row has a token to train on" in r.stderr
+    # The root cause, not the symptom: every answer was truncated away.
+    assert json.loads(r.stdout)["reason"] == "SanityTruncated"
+    assert "lose answer tokens to spec.training.maxSeqLength=20" in r.stderr
+    run = run_cli("run", str(job), "--output", str(tmp_path / "work"))
+    assert run.returncode == 10 and "SanityTruncated" not in run.stdout and "maxSeqLength=20" in run.stderr
 
 
 def test_packed_rows_do_not_attend_to_each_other(tiny_model_dir):  # noqa: F811
@@ -336,3 +340,17 @@ def test_wandb_example_records_an_offline_run_with_the_recipe_metrics(tiny_model
     assert len(losses) >= 6 and len(evals) >= 3 and evals[-1] < evals[0]
     assert all(row["train/tokens_per_second"] > 0 for row in rows if "train/tokens_per_second" in row)
     assert "URL not available" not in r.stderr
+
+
+def test_preview_shows_only_the_completion_of_prompt_completion_rows(tiny_model_dir, tmp_path):  # noqa: F811
+    job = write_job(tmp_path, tiny_model_dir, train_rows=4)
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    # TRL's conversational prompt-completion form, with an earlier answer inside the prompt.
+    pc = [{"prompt": [*r["messages"][:-1], {"role": "assistant", "content": "an earlier answer"},
+                      {"role": "user", "content": "Again, please."}], "completion": r["messages"][-1:]} for r in rows]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pc))
+    r = run_cli("preview", str(job), "-n", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    for shown, row in zip(json.loads(r.stdout), rows):
+        assert shown["trained_text"] == [row["messages"][-1]["content"] + "<|im_end|>"]
+        assert "an earlier answer" in shown["text"]  # context, rendered but not trained

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 FORMATS = ("auto", "messages", "prompt-completion")
+TRAIN_ON = ("all-assistant", "last-assistant")
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -51,6 +52,10 @@ class Example:
 
     messages: list[dict]
     source: str
+    # Index of the first message whose assistant turns are trained: the completion's first
+    # message for prompt-completion rows (the prompt, its assistant turns included, is
+    # context, as TRL's completion_only_loss has it); 0 trains every assistant turn.
+    train_from: int = 0
 
 
 class DatasetError(ValueError):
@@ -82,11 +87,14 @@ class DatasetError(ValueError):
         return f"{self.total} problems in the training data: {shown}{more}"
 
 
-def load_examples(path: str | Path, *, format: str = "auto") -> list[Example]:
+def load_examples(path: str | Path, *, format: str = "auto", train_on: str = "all-assistant") -> list[Example]:
     """Read ``path`` (.jsonl, .json or .parquet) into a list of examples.
 
     ``format`` is ``"auto"`` (decided by the file's first row; a later row of
     the other format is an error), ``"messages"`` or ``"prompt-completion"``.
+    ``train_on`` is ``"all-assistant"`` (every assistant turn of a messages
+    row; the completion of a prompt-completion row) or ``"last-assistant"``
+    (only each row's last assistant turn).
     Raises :class:`DatasetError` listing every problem found, each with its
     ``file:line``.
     """
@@ -112,7 +120,9 @@ def load_examples(path: str | Path, *, format: str = "auto") -> list[Example]:
     else:
         rows = _jsonl_rows(file.read_bytes(), shown, collector)
 
-    examples = _normalize_rows(rows, format, collector)
+    if train_on not in TRAIN_ON:
+        raise DatasetError([f"unknown trainOn {train_on!r}: use one of {', '.join(TRAIN_ON)}"])
+    examples = _normalize_rows(rows, format, collector, last_only=train_on == "last-assistant")
     collector.raise_if_any()
     if not examples:
         raise DatasetError([f"{shown}: no rows — the file holds no training examples"])
@@ -263,7 +273,7 @@ def _parquet_rows(file: Path, shown: str, collector: _Collector) -> Iterator[tup
 
 
 def _normalize_rows(
-    rows: Iterable[tuple[str, Any]], format: str, collector: _Collector
+    rows: Iterable[tuple[str, Any]], format: str, collector: _Collector, *, last_only: bool = False
 ) -> list[Example]:
     examples: list[Example] = []
     # In auto mode the first recognizable row fixes the file's format.
@@ -282,14 +292,16 @@ def _normalize_rows(
                     "use one format per file"
                 )
             if kind == _MESSAGES:
-                messages = _from_messages(row)
+                messages, train_from = _from_messages(row), 0
             else:
-                messages = _from_prompt_completion(row)
+                messages, train_from = _from_prompt_completion(row)
             _check_conversation(messages)
         except _RowError as exc:
             collector.add(f"{where}: {exc}")
             continue
-        examples.append(Example(messages=messages, source=where))
+        if last_only:
+            train_from = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        examples.append(Example(messages=messages, source=where, train_from=train_from))
     return examples
 
 
@@ -314,7 +326,8 @@ def _from_messages(row: dict) -> list[dict]:
     return _message_list(row["messages"], "messages")
 
 
-def _from_prompt_completion(row: dict) -> list[dict]:
+def _from_prompt_completion(row: dict) -> tuple[list[dict], int]:
+    """The conversation, and the index where the completion (the only part trained) starts."""
     missing = [key for key in ("prompt", "completion") if row.get(key) is None]
     if missing:
         raise _RowError(f'row has no "{missing[0]}" (dataset format is prompt-completion)')
@@ -327,14 +340,17 @@ def _from_prompt_completion(row: dict) -> list[dict]:
             messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": prompt})
         messages.append({"role": "assistant", "content": completion})
-        return messages
+        return messages, len(messages) - 1
     if isinstance(prompt, list) and isinstance(completion, list):
         if system is not None:
             raise _RowError(
                 '"system" is only used with string prompt/completion — put the system '
                 'message inside "prompt"'
             )
-        return _message_list(prompt, "prompt") + _message_list(completion, "completion")
+        head, tail = _message_list(prompt, "prompt"), _message_list(completion, "completion")
+        if not any(m["role"] == "assistant" for m in tail):
+            raise _RowError('"completion" has no assistant message: only the completion is trained')
+        return head + tail, len(head)
     raise _RowError(
         '"prompt" and "completion" must both be strings or both be lists of messages '
         f"(got {_kind(prompt)} and {_kind(completion)})"

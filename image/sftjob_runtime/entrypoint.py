@@ -77,6 +77,10 @@ def _fail(reason: Reason | str, message: str, code: int, **extra) -> int:
     return int(code)
 
 
+def _sanity_json(result: SanityResult) -> None:
+    print(json.dumps(result.model_dump(mode="json", exclude_none=True), indent=2))
+
+
 def _guarded(fn):
     """Turn user-fixable failures into one line + exit code; log a traceback only for real bugs."""
 
@@ -88,6 +92,8 @@ def _guarded(fn):
                 print(f"error: {line}", file=sys.stderr)
             return _fail(Reason.INVALID_SPEC, e.errors[0], ExitCode.INVALID_CONFIG)
         except RuntimeFailure as e:
+            if e.sanity is not None:
+                return _fail(e.reason, f"sanity check failed: {e}", e.exit_code, sanity=e.sanity)
             return _fail(e.reason, str(e), e.exit_code)
         except KeyboardInterrupt:
             return 130
@@ -133,22 +139,28 @@ def sanity(file: str, as_json: bool = False) -> int:
     from sftjob_runtime.sanity import run_sanity
     from sftjob_runtime.train import prepare_run
 
-    cfg, base = _load(file)
     state = ProgressState()
     server = serve_from_env(state)
     try:
         # Library chatter (the Trainer's log lines) goes to stderr: stdout carries only the report.
         with contextlib.redirect_stdout(sys.stderr):
+            cfg, base = _load(file)
             prep = prepare_run(cfg, base)
             with _out_of_memory(prep, "sanity check"):
                 result = run_sanity(prep, state)
+    except (RuntimeFailure, ManifestError) as e:
+        # A failure while preparing (config, data, template, model, memory) is a failed check too:
+        # the report goes to stdout, the termination message and status.sanityCheck like any other.
+        if isinstance(e, ManifestError):
+            e = RuntimeFailure(Reason.INVALID_SPEC, "; ".join(e.errors), ExitCode.INVALID_CONFIG)
+        result = e.sanity or SanityResult(passed=False, reason=str(getattr(e.reason, "value", e.reason)), message=str(e))
+        (_sanity_json if as_json else _print_sanity)(result)
+        message = f"sanity check failed: {result.message}" if e.sanity is not None else str(e)
+        return _fail(result.reason, message, e.exit_code, sanity=result)
     finally:
         if server:
             server.stop()
-    if as_json:
-        print(json.dumps(result.model_dump(mode="json", exclude_none=True), indent=2))
-    else:
-        _print_sanity(result)
+    (_sanity_json if as_json else _print_sanity)(result)
     if not result.passed:
         return _fail(result.reason or Reason.SANITY_LOSS_NOT_DECREASING, f"sanity check failed: {result.message}",
                      ExitCode.SANITY_FAILED, sanity=result)
@@ -159,7 +171,8 @@ def sanity(file: str, as_json: bool = False) -> int:
 def _print_sanity(result: SanityResult) -> None:
     verdict = "PASSED" if result.passed else f"FAILED ({result.reason})"
     print(f"sanity check {verdict}: {result.message}")
-    print(f"  rows {result.rows}, fully masked {result.maskedRows}, truncated {result.truncatedRows}")
+    if result.rows is not None:
+        print(f"  rows {result.rows}, fully masked {result.maskedRows}, truncated {result.truncatedRows}")
     if result.sample:
         print(f"  trained-on text of the first row: {result.sample!r}")
 

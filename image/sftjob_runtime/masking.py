@@ -62,6 +62,8 @@ class TokenizedExample:
     labels: list[int]
     text: str
     truncated: bool
+    full_length: int = 0  # tokens before truncation
+    cut_trained: int = 0  # trained tokens lost to truncation (an answer cut short, or cut away)
 
     @property
     def num_tokens(self) -> int:
@@ -128,24 +130,49 @@ class ConversationMasker:
             self.source = template.source
             self.end_of_turn = template.end_of_turn or infer_end_of_turn(tokenizer, template.source, template.name)
 
-    def tokenize(self, messages: Messages, *, max_length: int | None = None) -> TokenizedExample:
-        """Render, tokenize once and mask one conversation; cut at `max_length`."""
+    def tokenize(self, messages: Messages, *, max_length: int | None = None, train_from: int = 0) -> TokenizedExample:
+        """Render, tokenize once and mask one conversation; cut at `max_length`.
+
+        Only assistant turns at message index `train_from` or later are
+        trained (the completion of a prompt-completion row); earlier ones are
+        context.
+        """
         _check_messages(messages)
         if self.strategy == "prefix-rendering":
             assert self.end_of_turn is not None
             text, spans = prefix_assistant_spans(
-                self.tokenizer, self.source, messages, self.end_of_turn, template_name=self.template.name
+                self.tokenizer, self.source, messages, self.end_of_turn, template_name=self.template.name,
+                first=train_from,
             )
             encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             input_ids = list(encoding["input_ids"])
             mask = mask_from_char_spans(encoding["offset_mapping"], spans)
         else:
             text, input_ids, mask = self._library_mask(messages)
+            if any(m["role"] == "assistant" for m in messages[:train_from]):
+                mask = self._context_unmasked(messages, train_from, text, input_ids, mask)
         labels = [token if trained else IGNORE_INDEX for token, trained in zip(input_ids, mask, strict=True)]
-        truncated = max_length is not None and len(input_ids) > max_length
+        full_length = len(input_ids)
+        truncated = max_length is not None and full_length > max_length
+        cut = 0
         if truncated:
+            cut = sum(1 for label in labels[max_length:] if label != IGNORE_INDEX)
             input_ids, labels = input_ids[:max_length], labels[:max_length]
-        return TokenizedExample(input_ids=input_ids, labels=labels, text=text, truncated=truncated)
+        return TokenizedExample(input_ids=input_ids, labels=labels, text=text, truncated=truncated,
+                                full_length=full_length, cut_trained=cut)
+
+    def _context_unmasked(self, messages: Messages, train_from: int, text: str, input_ids: list[int],
+                          mask: list[int]) -> list[int]:
+        """`mask` with the assistant turns before message `train_from` untrained (they are context)."""
+        head = _render(self.tokenizer, self.source, messages[:train_from], False, self.template.name)
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if not text.startswith(head) or list(encoding["input_ids"]) != input_ids:
+            raise MaskingError(
+                f"chat template {self.template.name!r} renders the prompt of a prompt-completion row differently "
+                "inside the whole conversation, so its assistant turns cannot be told apart from the completion; "
+                "give the prompt without assistant turns, or use messages rows"
+            )
+        return [0 if start < len(head) else m for m, (start, _) in zip(mask, encoding["offset_mapping"], strict=True)]
 
     def _library_mask(self, messages: Messages) -> tuple[str, list[int], list[int]]:
         """The mask transformers derives from `{% generation %}` markers (authoritative)."""
@@ -213,8 +240,9 @@ def prefix_assistant_spans(
     end_of_turn: str,
     *,
     template_name: str = "inline",
+    first: int = 0,
 ) -> tuple[str, list[Span]]:
-    """Render the conversation and find each assistant turn's trained character span.
+    """Render the conversation and find the trained character span of each assistant turn from message `first` on.
 
     A span starts where the prompt rendered with `add_generation_prompt=True` ends and
     stops after the end-of-turn marker that follows the turn's content. Raises
@@ -225,7 +253,7 @@ def prefix_assistant_spans(
     full = _render(tokenizer, source, messages, False, template_name)
     spans: list[Span] = []
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or index < first:
             continue
         where = f"chat template {template_name!r}, message {index + 1} (assistant)"
         if index == 0:

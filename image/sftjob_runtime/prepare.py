@@ -138,7 +138,7 @@ def load_splits(cfg: RunConfig, base: Path | None = None) -> tuple[list[Example]
     def load(uri: str, field: str) -> list[Example]:
         path = localize_data(cfg, uri, field, base)
         try:
-            return load_examples(path, format=cfg.dataset.format)
+            return load_examples(path, format=cfg.dataset.format, train_on=cfg.dataset.trainOn)
         except DatasetError as e:
             if e.total == 1 and e.errors[0].startswith(f"{path}: "):
                 # A problem with the file itself (missing, wrong type): say which field points at it.
@@ -166,7 +166,7 @@ def tokenize_split(masker, examples: list[Example], max_length: int) -> Prepared
     split = PreparedSplit(rows=[], examples=examples)
     for ex in examples:
         try:
-            row = masker.tokenize(ex.messages, max_length=max_length)
+            row = masker.tokenize(ex.messages, max_length=max_length, train_from=ex.train_from)
         except MaskingError as e:
             raise RuntimeFailure(Reason.CHAT_TEMPLATE, f"{ex.source}: {e}", ExitCode.INVALID_CONFIG) from None
         split.rows.append(row)

@@ -272,6 +272,7 @@ class Prepared:
     val: PreparedSplit
     resolved: Resolved
     hardware: hw_mod.Hardware
+    end_of_turn: str | None = None  # the text that ends an assistant turn, where the masker knows it
 
 
 def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
@@ -286,12 +287,10 @@ def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
     train = tokenize_split(masker, train_ex, cfg.training.maxSeqLength)
     val = tokenize_split(masker, val_ex, cfg.training.maxSeqLength)
     if not train.records():
-        raise RuntimeFailure(
-            Reason.SANITY_ALL_MASKED,
-            f"no training row has a token to train on ({len(train.all_masked)} rows fully masked, e.g. "
-            f"{', '.join(train.all_masked[:3])}): check the assistant turns and spec.training.maxSeqLength",
-            ExitCode.DATASET,
-        )
+        # Nothing left to train on: say why (every answer truncated away, empty answers, ...), with the counts.
+        from sftjob_runtime.sanity import data_findings, failure
+
+        raise failure(data_findings(cfg, train, tokenizer, masker.end_of_turn))
     if val_ex and not val.records():
         raise RuntimeFailure(Reason.DATASET_SCHEMA, "no validation row has a token to train on", ExitCode.DATASET)
     try:
@@ -310,7 +309,7 @@ def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
         if split.all_masked:
             emit("data_all_masked", level="warning", split=name, rows=len(split.all_masked), examples=split.all_masked[:5],
                  message="these rows have no assistant token within maxSeqLength and are not trained on")
-    return Prepared(cfg, model_path, tokenizer, train, val, r, hw)
+    return Prepared(cfg, model_path, tokenizer, train, val, r, hw, masker.end_of_turn)
 
 
 def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) -> TrainResult:
