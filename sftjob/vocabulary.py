@@ -23,6 +23,8 @@ class Phase(str, Enum):
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+# The same, as the strings status.phase holds.
+TERMINAL_PHASE_NAMES = frozenset(p.value for p in TERMINAL_PHASES)
 
 
 class ConditionType(str, Enum):

@@ -20,7 +20,7 @@ from sftjob.vocabulary import ConditionType, Reason
 
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.events import EventPoster
-from sftjob_operator.kube import ApiError, KubeClient
+from sftjob_operator.kube import ApiError, KubeClient, owned_by
 from sftjob_operator.metrics import Metrics
 from sftjob_operator.render import RenderError, render
 from sftjob_operator.status import compute_status, create_refused_status, invalid_spec_status
@@ -70,10 +70,6 @@ def _thaw(value: Any) -> Any:
     return value
 
 
-def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
-
-
 async def ensure_child(kube: KubeClient, manifest: Mapping[str, Any], owner_uid: str | None, logger: logging.Logger) -> bool:
     """Create one child; True if created now, False if this SFTJob's child already existed.
 
@@ -94,7 +90,7 @@ async def ensure_child(kube: KubeClient, manifest: Mapping[str, Any], owner_uid:
     existing = await kube.get(manifest["apiVersion"], kind, namespace, name)
     if existing is None:
         raise kopf.TemporaryError(f"{kind} {name} existed a moment ago and is gone now; retrying", delay=1)
-    if owner_uid and _owned_by(existing, owner_uid):
+    if owner_uid and owned_by(existing, owner_uid):
         logger.info("%s %s already exists and belongs to this SFTJob: nothing to create", kind, name)
         return False
     owners = (existing.get("metadata") or {}).get("ownerReferences") or []

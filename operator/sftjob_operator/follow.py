@@ -37,11 +37,11 @@ import kopf
 from sftjob.manifest import API_VERSION_FULL
 from sftjob.report import Progress
 from sftjob.spec import KIND
-from sftjob.vocabulary import TERMINAL_PHASES, ConditionType, Phase, Reason, memory_hint
+from sftjob.vocabulary import TERMINAL_PHASE_NAMES, ConditionType, Phase, Reason, memory_hint
 
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.events import EventPoster
-from sftjob_operator.kube import ApiError, KubeClient
+from sftjob_operator.kube import ApiError, KubeClient, owned_by
 from sftjob_operator.metrics import Metrics
 from sftjob_operator.progress import fetch_progress, progress_url, running_pod_ip
 from sftjob_operator.status import (
@@ -57,7 +57,7 @@ from sftjob_operator.status import (
 Key = tuple[str, str]  # (namespace, SFTJob name)
 Log = logging.Logger | logging.LoggerAdapter
 
-_TERMINAL = {p.value for p in TERMINAL_PHASES}
+_TERMINAL = TERMINAL_PHASE_NAMES
 # Reasons that report progress; any other reason on a condition is a problem worth a Warning event.
 _PROGRESS_REASONS = {
     Reason.CREATED.value, Reason.QUEUED.value, Reason.RUNNING.value, Reason.PASSED.value,
@@ -127,10 +127,6 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"initContainers": _names(spec.get("initContainers")), "containers": _names(spec.get("containers"))},
         "status": body.get("status") or {},
     }
-
-
-def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def _changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
@@ -244,13 +240,13 @@ class Follower:
     def _job(self, key: Key, sft: Mapping[str, Any], job_name: str) -> dict[str, Any] | None:
         uid = sft["metadata"].get("uid")
         for job in self._jobs.get(key) or ():
-            if job["metadata"].get("name") == job_name and (not uid or _owned_by(job, uid)):
+            if job["metadata"].get("name") == job_name and (not uid or owned_by(job, uid)):
                 return job
         return None
 
     def _job_pods(self, key: Key, job: Mapping[str, Any]) -> list[dict[str, Any]]:
         uid = job["metadata"].get("uid")
-        return [p for p in self._pods.get(key) or () if not uid or _owned_by(p, uid)]
+        return [p for p in self._pods.get(key) or () if not uid or owned_by(p, uid)]
 
     def _lock(self, key: Key) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())

@@ -24,7 +24,7 @@ from typing import Any
 
 import kopf
 from sftjob.spec import API_GROUP, API_VERSION, PLURAL
-from sftjob.vocabulary import LABEL_JOB_NAME, TERMINAL_PHASES
+from sftjob.vocabulary import LABEL_JOB_NAME, TERMINAL_PHASE_NAMES
 
 from sftjob_operator.children import CreateForbidden, start_sftjob
 from sftjob_operator.config import OperatorConfig
@@ -36,7 +36,7 @@ CONFIG = OperatorConfig.from_env()
 
 SFTJOBS = (API_GROUP, API_VERSION, PLURAL)
 OURS = {LABEL_JOB_NAME: kopf.PRESENT}
-TERMINAL = {p.value for p in TERMINAL_PHASES}
+TERMINAL = TERMINAL_PHASE_NAMES
 
 
 def _ctx(memo: kopf.Memo) -> OperatorContext:

@@ -55,6 +55,11 @@ class ApiError(Exception):
         return self.status == 429 or self.status >= 500
 
 
+def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether `obj` has an ownerReference to the object with this uid."""
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
 def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     """Credentials the way kopf finds them: the pod's service account, else the kubeconfig."""
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)

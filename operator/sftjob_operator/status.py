@@ -30,7 +30,7 @@ from sftjob.vocabulary import (
     PERMANENT_EXIT_CODES,
     REASON_FOR_EXIT_CODE,
     SANITY_CONTAINER,
-    TERMINAL_PHASES,
+    TERMINAL_PHASE_NAMES,
     TRAIN_CONTAINER,
     ConditionType,
     ExitCode,
@@ -499,7 +499,7 @@ def compute_status(
     old = {k: current[k] for k in _MANAGED if k in current}
     desired: dict[str, Any] = dict(old)
     desired["conditions"] = [dict(c) for c in current.get("conditions") or []]
-    if current.get("phase") in {p.value for p in TERMINAL_PHASES}:
+    if current.get("phase") in TERMINAL_PHASE_NAMES:
         return {}  # a finished SFTJob stays as it finished
 
     _sanity_report(desired, pods, stamp)
@@ -540,12 +540,12 @@ def compute_status(
     job_status = job.get("status") or {}
     if job_status.get("startTime") and "startTime" not in desired:
         desired["startTime"] = job_status["startTime"]
-    if phase in {p.value for p in TERMINAL_PHASES} and "completionTime" not in desired:
+    if phase in TERMINAL_PHASE_NAMES and "completionTime" not in desired:
         desired["completionTime"] = job_status.get("completionTime") or stamp
     shown = progress_status(progress, phase) if progress is not None else None
     if shown is not None:
         desired["progress"] = shown
-    if phase in {p.value for p in TERMINAL_PHASES} and isinstance(desired.get("progress"), Mapping):
+    if phase in TERMINAL_PHASE_NAMES and isinstance(desired.get("progress"), Mapping):
         # A finished job has no ETA, and a succeeded one is no longer exporting.
         finished = {k: v for k, v in desired["progress"].items() if k not in ("eta", "etaSeconds")}
         if phase == Phase.SUCCEEDED.value and "stage" in finished:
