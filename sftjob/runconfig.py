@@ -16,31 +16,15 @@ from typing import Literal
 from pydantic import ConfigDict, Field, ValidationError
 
 from sftjob.manifest import ManifestError, SFTJob, format_validation_error
-from sftjob.spec import DatasetSpec, LoraSpec, ModelSpec, SanityCheckSpec, TrainingSpec, _Model
+from sftjob.spec import DatasetSpec, LoraSpec, ModelSettings, ModelSpec, OutputSettings, SanityCheckSpec, TrainingSpec, _Model
 
 RUN_CONFIG_VERSION = "sftjob.dev/run-config/v1"
 
 
-class RunModel(_Model):
-    """The model section, without the token secret reference."""
-
-    source: str
-    revision: str = "main"
-    chatTemplate: str | None = None
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    trustRemoteCode: bool = False
-
-
-class RunOutput(_Model):
-    """Where the exported checkpoint goes (credentials come from the environment)."""
-
-    uri: str
-    endpoint: str | None = None
-    region: str | None = None
-    keep: Literal["best", "last"] = "best"
-    keepCheckpoints: bool = False
+# The model and output sections as the spec has them, less the Secret references: a field
+# added to the spec reaches the run config without being declared twice.
+RunModel = ModelSettings
+RunOutput = OutputSettings
 
 
 class RunMonitoring(_Model):
@@ -80,8 +64,7 @@ class RunConfig(_Model):
             dataset=s.dataset,
             training=s.training,
             sanityCheck=s.sanityCheck,
-            output=RunOutput(uri=s.output.uri, endpoint=s.output.endpoint, region=s.output.region, keep=s.output.keep,
-                             keepCheckpoints=s.output.keepCheckpoints),
+            output=RunOutput(**s.output.model_dump(exclude={"credentialsSecretRef"})),
             monitoring=RunMonitoring(
                 reportTo=list(s.monitoring.reportTo),
                 wandbProject=s.monitoring.wandb.project if s.monitoring.wandb else None,

@@ -63,8 +63,8 @@ class S3CredentialsRef(_Model):
     )
 
 
-class ModelSpec(_Model):
-    """The base model to fine-tune."""
+class ModelSettings(_Model):
+    """The base model to fine-tune, without credentials (what the run config carries)."""
 
     source: str = Field(
         min_length=1,
@@ -96,6 +96,11 @@ class ModelSpec(_Model):
         description="Load the base model quantized (QLoRA). Requires spec.training.lora.",
     )
     trustRemoteCode: bool = Field(default=False, description="Allow model repositories to run their own Python code.")
+
+
+class ModelSpec(ModelSettings):
+    """The base model to fine-tune."""
+
     tokenSecretRef: SecretKeyRef | None = Field(
         default=None, description="Secret key holding a Hugging Face token, for gated or private models."
     )
@@ -245,8 +250,8 @@ class ResourcesSpec(_Model):
     priorityClassName: str | None = Field(default=None, max_length=253, description="PriorityClass of the training pod.")
 
 
-class OutputSpec(_Model):
-    """Where the best checkpoint goes."""
+class OutputSettings(_Model):
+    """Where the best checkpoint goes, without credentials (what the run config carries)."""
 
     uri: str = Field(
         min_length=1,
@@ -258,9 +263,6 @@ class OutputSpec(_Model):
         description="S3-compatible endpoint URL (MinIO, Ceph, ...), used for every s3:// location of the job (model, data, output).",
     )
     region: str | None = Field(default=None, max_length=64, description="S3 region, used for every s3:// location of the job.")
-    credentialsSecretRef: S3CredentialsRef | None = Field(
-        default=None, description="Secret with S3 credentials. Omit to use the service account's identity (IRSA, workload identity)."
-    )
     keep: Literal["best", "last"] = Field(
         default="best", description="Export the checkpoint with the lowest eval loss (best) or the final one (last)."
     )
@@ -269,6 +271,13 @@ class OutputSpec(_Model):
         description="Keep the training checkpoints in the work directory after a successful export (default: pruned).",
     )
 
+
+class OutputSpec(OutputSettings):
+    """Where the best checkpoint goes."""
+
+    credentialsSecretRef: S3CredentialsRef | None = Field(
+        default=None, description="Secret with S3 credentials. Omit to use the service account's identity (IRSA, workload identity)."
+    )
 
 
 class WandbSpec(_Model):

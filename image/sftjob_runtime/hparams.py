@@ -47,6 +47,8 @@ class Resolved:
     packing: bool
     seed: int
     maxSteps: int | None = None
+    saveTotalLimit: int = 2
+    loggingSteps: int = 10
     evalSteps: int | None = None
     saveSteps: int | None = None
     totalSteps: int | None = None
@@ -120,6 +122,9 @@ def resolve(training: TrainingSpec, parameters: int, devices: int) -> Resolved:
         packing=training.packing,
         seed=training.seed,
         maxSteps=training.maxSteps,
+        saveTotalLimit=training.saveTotalLimit,
+        loggingSteps=training.loggingSteps,
+        gradientCheckpointing=training.gradientCheckpointing,  # None: chosen by the hardware (prepare_run)
         origin=origin,
     )
 
@@ -142,6 +147,10 @@ def plan_steps(resolved: Resolved, training: TrainingSpec, train_rows: int) -> R
         resolved.saveSteps, resolved.origin["saveSteps"] = training.saveSteps, "spec"
     else:
         resolved.saveSteps, resolved.origin["saveSteps"] = resolved.evalSteps, "default:evalSteps"
+    if resolved.loggingSteps > resolved.evalSteps:
+        # Train loss is logged at least once per evaluation: the warning signs compare the two.
+        resolved.loggingSteps = resolved.evalSteps
+        resolved.origin["loggingSteps"] = "spec, capped at evalSteps (train loss logged at least once per evaluation)"
     if resolved.saveSteps % resolved.evalSteps:
         raise RuntimeFailure(
             Reason.INVALID_SPEC,

@@ -14,8 +14,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sftjob.runconfig import RunConfig
 from sftjob.vocabulary import ExitCode, Reason
@@ -163,11 +165,46 @@ def _load_model(cfg: RunConfig, model_path: str, dtype: str, attention: str):
     return model
 
 
+# Where each spec.training field reaches the trainer: (spec field, SFTConfig argument, value from the
+# resolved hyperparameters, which hold every field with its default chosen where the spec left it out).
+# tests/test_trainer_args.py fails when a spec field is in neither this table nor NOT_TRAINER_ARGUMENTS.
+TRAINING_ARGUMENTS: tuple[tuple[str, str, Callable[[Resolved], Any]], ...] = (
+    ("epochs", "num_train_epochs", lambda r: r.epochs),
+    ("maxSteps", "max_steps", lambda r: r.maxSteps or -1),
+    ("learningRate", "learning_rate", lambda r: r.learningRate),
+    ("perDeviceBatchSize", "per_device_train_batch_size", lambda r: r.perDeviceBatchSize),
+    ("perDeviceBatchSize", "per_device_eval_batch_size", lambda r: r.perDeviceBatchSize),
+    ("effectiveBatchSize", "gradient_accumulation_steps", lambda r: r.gradientAccumulationSteps),
+    ("warmupRatio", "warmup_steps", lambda r: r.warmupRatio),  # < 1 is a fraction of the steps in transformers 5
+    ("weightDecay", "weight_decay", lambda r: r.weightDecay),
+    ("maxGradNorm", "max_grad_norm", lambda r: r.maxGradNorm),
+    ("lrScheduler", "lr_scheduler_type", lambda r: r.lrScheduler),
+    ("maxSeqLength", "max_length", lambda r: r.maxSeqLength),
+    ("packing", "packing", lambda r: r.packing),
+    ("gradientCheckpointing", "activation_checkpointing", lambda r: bool(r.gradientCheckpointing)),
+    ("gradientCheckpointing", "activation_checkpointing_kwargs",
+     lambda r: {"use_reentrant": False} if r.gradientCheckpointing else None),
+    ("evalSteps", "eval_steps", lambda r: r.evalSteps),
+    ("saveSteps", "save_steps", lambda r: r.saveSteps),
+    ("saveTotalLimit", "save_total_limit", lambda r: r.saveTotalLimit),
+    ("loggingSteps", "logging_steps", lambda r: r.loggingSteps),
+    ("seed", "seed", lambda r: r.seed),
+    ("seed", "data_seed", lambda r: r.seed),
+)
+# spec.training fields that are not trainer arguments, and where they go instead.
+NOT_TRAINER_ARGUMENTS = {
+    "lora": "a PEFT LoraConfig around the model (train._load_model)",
+}
+
+
 def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: bool, max_steps: int | None = None,
-                     report: bool = True):
+                     report: bool = True, overrides: dict[str, Any] | None = None):
     """Map our stable spec names onto the installed TRL/transformers argument names.
 
-    `report=False` (the sanity check's throwaway run) reports to no metric sink.
+    The hyperparameters come from `TRAINING_ARGUMENTS`; the rest is how sftjob
+    runs the trainer. `report=False` reports to no metric sink, `overrides`
+    replaces arguments (the sanity check's throwaway run: constant rate, no
+    saves, a log line per step).
     """
     from trl import SFTConfig
 
@@ -184,42 +221,24 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
             os.environ.setdefault("WANDB_PROJECT", cfg.monitoring.wandbProject)
         if cfg.monitoring.wandbEntity:
             os.environ.setdefault("WANDB_ENTITY", cfg.monitoring.wandbEntity)
-    steps = max_steps if max_steps is not None else (r.maxSteps or -1)
     cuda = _cuda_available()
-    return SFTConfig(
+    arguments: dict[str, Any] = {name: value(r) for _, name, value in TRAINING_ARGUMENTS}
+    if max_steps is not None:
+        arguments["max_steps"] = max_steps
+    arguments.update(
         output_dir=str(paths.checkpoints),
         run_name=cfg.name,
-        num_train_epochs=r.epochs,
-        max_steps=steps,
-        learning_rate=r.learningRate,
-        per_device_train_batch_size=r.perDeviceBatchSize,
-        per_device_eval_batch_size=r.perDeviceBatchSize,
-        gradient_accumulation_steps=r.gradientAccumulationSteps,
-        warmup_steps=r.warmupRatio,  # < 1 is a fraction of the total steps in transformers 5
-        weight_decay=r.weightDecay,
-        max_grad_norm=r.maxGradNorm,
-        lr_scheduler_type=r.lrScheduler,
-        max_length=r.maxSeqLength,
-        packing=r.packing,
         packing_strategy="bfd",  # best-fit decreasing, padding-free
-        activation_checkpointing=bool(r.gradientCheckpointing),
-        activation_checkpointing_kwargs={"use_reentrant": False} if r.gradientCheckpointing else None,
         bf16=r.dtype == "bfloat16",
         fp16=r.dtype == "float16",
         # transformers refuses bf16 without a bf16 GPU unless told it runs on the CPU.
         use_cpu=not cuda,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=r.evalSteps,
         save_strategy="steps",
-        save_steps=r.saveSteps,
-        save_total_limit=cfg.training.saveTotalLimit,
         load_best_model_at_end=keep_best,
         metric_for_best_model="eval_loss" if keep_best else None,
         greater_is_better=False if keep_best else None,
-        logging_steps=min(cfg.training.loggingSteps, max(1, r.evalSteps or 1)),
         logging_first_step=True,
-        seed=r.seed,
-        data_seed=r.seed,
         report_to=report_to,
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,  # pinning without a GPU only warns
@@ -227,6 +246,8 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
         disable_tqdm=False,
         dataset_num_proc=None,
     )
+    arguments.update(overrides or {})
+    return SFTConfig(**arguments)
 
 
 def _cuda_available() -> bool:
