@@ -19,7 +19,7 @@ from sftjob.manifest import API_VERSION_FULL
 from sftjob.spec import KIND
 
 from sftjob_operator.kube import ApiError, KubeClient
-from sftjob_operator.status import now_rfc3339
+from sftjob_operator.conditions import now_rfc3339
 
 COMPONENT = "sftjob-operator"
 MESSAGE_LIMIT = 1024  # what events.k8s.io keeps of a note; longer ones are cut

@@ -37,96 +37,23 @@ import kopf
 from sftjob.manifest import API_VERSION_FULL
 from sftjob.report import Progress
 from sftjob.spec import KIND
-from sftjob.vocabulary import TERMINAL_PHASE_NAMES, ConditionType, Phase, Reason, memory_hint
+from sftjob.vocabulary import TERMINAL_PHASE_NAMES
 
+from sftjob_operator.announce import announce, sftjob_logger
+from sftjob_operator.conditions import apply_merge_patch, merge_diff
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.events import EventPoster
+from sftjob_operator.index import Key, slim_sftjob
 from sftjob_operator.kube import ApiError, KubeClient, owned_by
 from sftjob_operator.metrics import Metrics
 from sftjob_operator.progress import fetch_progress, progress_url, running_pod_ip
-from sftjob_operator.status import (
-    RUNNING_PHASES,
-    apply_merge_patch,
-    compute_status,
-    condition,
-    job_lost_status,
-    merge_diff,
-    spec_ignored_status,
-)
+from sftjob_operator.status import RUNNING_PHASES, compute_status, job_lost_status, spec_ignored_status
 
-Key = tuple[str, str]  # (namespace, SFTJob name)
 Log = logging.Logger | logging.LoggerAdapter
+_log = logging.getLogger(__name__)
 
 _TERMINAL = TERMINAL_PHASE_NAMES
-# Reasons that report progress; any other reason on a condition is a problem worth a Warning event.
-_PROGRESS_REASONS = {
-    Reason.CREATED.value, Reason.QUEUED.value, Reason.RUNNING.value, Reason.PASSED.value,
-    Reason.COMPLETED.value, Reason.SUSPENDED.value, Reason.POD_REPLACED.value,
-}
-# The condition whose message describes each phase in its Event.
-_PHASE_CONDITION = {
-    Phase.PENDING.value: ConditionType.TRAINING.value,
-    Phase.QUEUED.value: ConditionType.TRAINING.value,
-    Phase.SANITY_CHECKING.value: ConditionType.SANITY_CHECKED.value,
-    Phase.TRAINING.value: ConditionType.TRAINING.value,
-    Phase.SUCCEEDED.value: ConditionType.SUCCEEDED.value,
-    Phase.FAILED.value: ConditionType.FAILED.value,
-    Phase.SUSPENDED.value: ConditionType.SUSPENDED.value,
-}
 _RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-
-
-# -- what the indexes keep: only the fields status computation reads --------------------------
-
-
-def _names(containers: Any) -> list[dict[str, str]]:
-    return [{"name": c.get("name")} for c in containers or []]
-
-
-def slim_sftjob(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of an SFTJob the follower needs."""
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
-    training = spec.get("training") or {}
-    checkpointing = training.get("gradientCheckpointing")
-    if checkpointing is None:  # the runtime's default: on for GPUs, off on CPU
-        checkpointing = ((spec.get("resources") or {}).get("gpus", 1) or 0) > 0
-    return {
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")},
-        "spec": {"suspend": bool(spec.get("suspend")), "queueName": spec.get("queueName"),
-                 # What an out-of-memory message may suggest, given what the job already does.
-                 "memoryHint": memory_hint(bool(checkpointing), bool(training.get("lora")))},
-        "status": status,
-    }
-
-
-def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Job that status computation reads."""
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    template = ((spec.get("template") or {}).get("spec")) or {}
-    return {
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "ownerReferences")},
-        "spec": {
-            "suspend": spec.get("suspend"),
-            "activeDeadlineSeconds": spec.get("activeDeadlineSeconds"),
-            "backoffLimit": spec.get("backoffLimit"),
-            "template": {"spec": {"initContainers": _names(template.get("initContainers"))}},
-        },
-        "status": body.get("status") or {},
-    }
-
-
-def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Pod that status computation reads."""
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    return {
-        "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp", "deletionTimestamp", "ownerReferences")},
-        "spec": {"initContainers": _names(spec.get("initContainers")), "containers": _names(spec.get("containers"))},
-        "status": body.get("status") or {},
-    }
 
 
 def _changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
@@ -142,38 +69,6 @@ def _changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
 
     walk(diff, prefix)
     return sorted(p for p in out if p != prefix)
-
-
-def _ref(sft: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity an Event needs to name the SFTJob."""
-    meta = sft["metadata"]
-    return {"apiVersion": API_VERSION_FULL, "kind": KIND, "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}
-
-
-_log = logging.getLogger(__name__)
-
-
-def sftjob_logger(sft: Mapping[str, Any]) -> logging.LoggerAdapter:
-    """A logger whose records name the SFTJob (kopf's formatters show `k8s_ref` as the object).
-
-    Status changes are often triggered by a Pod's or Job's event; the log
-    line belongs to the SFTJob whose status changed, not to that Pod.
-    """
-    meta = sft["metadata"]
-    ref = {"apiVersion": API_VERSION_FULL, "kind": KIND, **{k: meta.get(k) for k in ("name", "uid", "namespace")}}
-    return logging.LoggerAdapter(_log, {"k8s_ref": ref})
-
-
-def _new_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Conditions whose reason is a problem that `old` did not have (a scheduler's changing node counts are not news)."""
-    found = []
-    for cond in new.get("conditions") or []:
-        if cond.get("type") == ConditionType.FAILED.value or cond.get("reason") in _PROGRESS_REASONS:
-            continue
-        previous = condition(old, cond.get("type", "")) or {}
-        if (previous.get("status"), previous.get("reason")) != (cond.get("status"), cond.get("reason")):
-            found.append(cond)
-    return found
 
 
 class Follower:
@@ -317,26 +212,7 @@ class Follower:
         self._retries[key] = asyncio.get_running_loop().create_task(retry(), name=f"status retry {key}")
 
     def _announce(self, sft: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-        """Events (and log lines) for a phase transition and for newly reported problems; one Event per message."""
-        ref = _ref(sft)
-        logger = sftjob_logger(sft)
-        post = self.events.post
-        before, after = old.get("phase"), new.get("phase")
-        problems = [] if after == Phase.FAILED.value else _new_problems(old, new)  # the Failed event tells the story
-        if after and after != before:
-            cond = condition(new, _PHASE_CONDITION.get(after, "")) or {}
-            message = cond.get("message") or f"The SFTJob is now {after}."
-            if after == Phase.EXPORTING.value:
-                message = "Training finished; exporting the best checkpoint."
-            failed = after == Phase.FAILED.value
-            reason = cond.get("reason") if failed and cond.get("reason") else after
-            logger.log(logging.WARNING if failed else logging.INFO, "phase %s -> %s: %s", before, after, message)
-            # A phase entered because of a problem is told once, by the problem's Warning below.
-            if not any(p.get("message") == message for p in problems):
-                post(ref, "Warning" if failed else "Normal", reason, message)
-        for cond in problems:
-            logger.warning("%s: %s", cond.get("reason"), cond.get("message"))
-            post(ref, "Warning", cond.get("reason") or "Problem", cond.get("message") or "")
+        announce(self.events, sft, old, new)
 
     def running(self) -> list[Key]:
         """SFTJobs whose pod is in a phase that serves progress (as this operator last wrote it)."""

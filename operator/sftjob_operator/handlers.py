@@ -29,7 +29,7 @@ from sftjob.vocabulary import LABEL_JOB_NAME, TERMINAL_PHASE_NAMES
 from sftjob_operator.children import CreateForbidden, start_sftjob
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.context import OperatorContext, configure_settings
-from sftjob_operator.follow import Key, slim_job, slim_pod, slim_sftjob
+from sftjob_operator.index import Key, slim_job, slim_pod, slim_sftjob
 
 # `main.run_operator` validates the same variables first and reports errors cleanly.
 CONFIG = OperatorConfig.from_env()

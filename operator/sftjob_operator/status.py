@@ -21,334 +21,53 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sftjob.report import Outcome, Progress
-from sftjob.vocabulary import (
-    KUEUE_QUEUE_LABEL,
-    PERMANENT_EXIT_CODES,
-    REASON_FOR_EXIT_CODE,
-    SANITY_CONTAINER,
-    TERMINAL_PHASE_NAMES,
-    TRAIN_CONTAINER,
-    ConditionType,
-    ExitCode,
-    Phase,
-    Reason,
-    memory_hint,
-)
+from sftjob.report import Progress
+from sftjob.vocabulary import KUEUE_QUEUE_LABEL, SANITY_CONTAINER, TERMINAL_PHASE_NAMES, TRAIN_CONTAINER, ConditionType, Phase, Reason
 
+from sftjob_operator.conditions import apply_merge_patch, condition, merge_diff, now_rfc3339, set_condition
+from sftjob_operator.explain import (
+    DEFAULT_MEMORY_HINT,
+    Verdict,
+    container_status,
+    disruption,
+    dump,
+    explain_job_failure,
+    explain_pod_failure,
+    has_sanity_container,
+    outcome_of,
+    permanent_failure,
+    pod_finished,
+    pod_order,
+    stuck_waiting,
+    terminated_state,
+    true_condition,
+    unschedulable,
+)
 from sftjob_operator.progress import progress_status
 
-# Condition set when a spec edit reaches an SFTJob whose Job already exists
-# (the CRD forbids such edits; this reports the ones that slip through).
+__all__ = ["apply_merge_patch", "compute_status", "condition", "create_refused_status", "invalid_spec_status",
+           "job_lost_status", "merge_diff", "now_rfc3339", "set_condition", "spec_ignored_status"]
+
 SPEC_IGNORED_CONDITION = ConditionType.SPEC_CHANGE_IGNORED.value
 SPEC_IGNORED_REASON = Reason.JOB_ALREADY_CREATED.value
-
-IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 RUNNING_PHASES = frozenset({Phase.SANITY_CHECKING.value, Phase.TRAINING.value, Phase.EXPORTING.value})
 # Fields of .status this module owns; everything else (jobName, observedGeneration) is left alone.
 _MANAGED = ("phase", "conditions", "progress", "sanityCheck", "bestCheckpoint", "resolved", "startTime", "completionTime")
-# What to change after an OOM when the follower does not say what the job already does.
-_MEMORY_HINT = memory_hint(False, False)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A reason and a message that tells the user what to change."""
-
-    reason: str
-    message: str
-    condition: str = ConditionType.TRAINING.value  # the stage it belongs to
-
-
-# -- small readers -----------------------------------------------------------------------------
-
-
-def now_rfc3339(now: datetime.datetime | None = None) -> str:
-    """Kubernetes' time format (UTC, seconds)."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    return now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _true_condition(obj: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
-    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype and cond.get("status") == "True":
-            return cond
-    return None
-
-
-def _container_status(pod: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
-    status = pod.get("status") or {}
-    for key in ("initContainerStatuses", "containerStatuses"):
-        for cs in status.get(key) or []:
-            if cs.get("name") == name:
-                return cs
-    return None
-
-
-def _has_sanity_container(pod_spec_holder: Mapping[str, Any] | None) -> bool:
-    spec = (pod_spec_holder or {}).get("spec") or {}
-    if any(c.get("name") == SANITY_CONTAINER for c in spec.get("initContainers") or []):
-        return True
-    return any(cs.get("name") == SANITY_CONTAINER for cs in ((pod_spec_holder or {}).get("status") or {}).get("initContainerStatuses") or [])
-
-
-def _pod_order(pod: Mapping[str, Any]) -> tuple[str, str]:
-    meta = pod.get("metadata") or {}
-    return (meta.get("creationTimestamp") or "", meta.get("name") or "")
-
-
-def _finished(pod: Mapping[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-
-
-def _terminated(cs: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    if not cs:
-        return None
-    return (cs.get("state") or {}).get("terminated") or None
-
-
-def _outcome(cs: Mapping[str, Any] | None) -> Outcome | None:
-    term = _terminated(cs) or (cs or {}).get("lastState", {}).get("terminated")
-    return Outcome.from_termination_message((term or {}).get("message")) if term else None
-
-
-def _typed_reason(reason: str | None) -> str | None:
-    """The runtime's reason if it is one of ours; None for anything else."""
-    try:
-        return Reason(reason).value if reason else None
-    except ValueError:
-        return None
-
-
-def _dump(model: Any) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_none=True)
-
-
-# -- explaining what happened to a pod ---------------------------------------------------------
-
-
-def _stage_of(container: str) -> str:
-    return ConditionType.SANITY_CHECKED.value if container == SANITY_CONTAINER else ConditionType.TRAINING.value
-
-
-def explain_termination(pod: Mapping[str, Any], container: str, hint: str = _MEMORY_HINT) -> Verdict | None:
-    """Why a container stopped with a non-zero exit code (None if it did not); `hint` says how to fit in memory."""
-    term = _terminated(_container_status(pod, container))
-    if not term or term.get("exitCode", 0) == 0:
-        return None
-    pod_name = (pod.get("metadata") or {}).get("name", "?")
-    stage = _stage_of(container)
-    what = "sanity check" if container == SANITY_CONTAINER else "training"
-    if term.get("reason") == "OOMKilled":
-        return Verdict(
-            Reason.OUT_OF_MEMORY.value,
-            f"The {what} container ran out of memory (OOMKilled). To fit, {hint}; "
-            "or raise spec.resources.memory.",
-            stage,
-        )
-    outcome = Outcome.from_termination_message(term.get("message"))
-    if outcome is not None and outcome.reason:
-        reason = _typed_reason(outcome.reason)
-        message = outcome.message or f"The {what} failed ({outcome.reason})."
-        if reason == Reason.OUT_OF_MEMORY.value and "perDeviceBatchSize" not in message:
-            message = f"{message.rstrip('.')}. To fit, {hint}."
-        if reason is None:
-            reason, message = Reason.INTERNAL_ERROR.value, f"{outcome.reason}: {message}"
-        return Verdict(reason, message, stage)
-    code = term.get("exitCode")
-    logs = f"see `kubectl logs {pod_name} -c {container}`"
-    try:
-        exit_code = ExitCode(code)
-    except ValueError:
-        signal = f" (signal {code - 128})" if isinstance(code, int) and code > 128 else ""
-        return Verdict(
-            Reason.INTERNAL_ERROR.value,
-            f"The {what} container exited with code {code}{signal} ({term.get('reason') or 'no reason given'}) "
-            f"and left no report; {logs}.",
-            stage,
-        )
-    reason = REASON_FOR_EXIT_CODE.get(exit_code, Reason.INTERNAL_ERROR).value
-    return Verdict(reason, f"The {what} container exited with code {code} ({exit_code.name}) and left no report; {logs}.", stage)
-
-
-def _disruption(pod: Mapping[str, Any]) -> Verdict | None:
-    cond = _true_condition(pod, "DisruptionTarget")
-    status = pod.get("status") or {}
-    if cond is None and status.get("reason") != "Evicted":
-        return None
-    why = (cond or {}).get("reason") or status.get("reason")
-    detail = (cond or {}).get("message") or status.get("message") or ""
-    return Verdict(
-        Reason.PREEMPTED.value,
-        f"The pod was disrupted ({why}{': ' + detail if detail else ''}). Disruptions do not count against "
-        "spec.backoffLimit; training resumes from the latest checkpoint in the next pod. To avoid them, set "
-        "spec.resources.priorityClassName to a higher priority class.",
-    )
-
-
-def _waiting(pod: Mapping[str, Any]) -> Verdict | None:
-    """A container stuck before it could start: image pull or configuration (missing Secret)."""
-    for container in (SANITY_CONTAINER, TRAIN_CONTAINER):
-        waiting = ((_container_status(pod, container) or {}).get("state") or {}).get("waiting") or {}
-        reason, detail = waiting.get("reason"), waiting.get("message") or ""
-        if reason in IMAGE_PULL_WAITING:
-            return Verdict(
-                Reason.IMAGE_PULL.value,
-                f"Cannot pull the image of the {container} container ({reason}: {detail}). Check spec.image "
-                "(or the operator's default image), the registry's reachability and the pull secrets of "
-                "spec.serviceAccountName.",
-                _stage_of(container),
-            )
-        if reason in CONFIG_WAITING:
-            return Verdict(
-                Reason.INVALID_SPEC.value,
-                f"The {container} container cannot start ({reason}: {detail}). Check that the Secrets named in "
-                "spec (model.tokenSecretRef, output.credentialsSecretRef, monitoring.wandb.apiKeySecretRef) "
-                "exist in this namespace with the given keys.",
-                _stage_of(container),
-            )
-    return None
-
-
-def _unschedulable(pod: Mapping[str, Any]) -> Verdict | None:
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-            return Verdict(
-                Reason.UNSCHEDULABLE.value,
-                f"The pod cannot be scheduled: {cond.get('message') or 'no node fits'}. Lower spec.resources "
-                "(gpus, cpu, memory), fix spec.resources.nodeSelector/tolerations, or add capacity.",
-                ConditionType.SANITY_CHECKED.value if _has_sanity_container(pod) else ConditionType.TRAINING.value,
-            )
-    return None
-
-
-def _permanent_failure(pod: Mapping[str, Any]) -> bool:
-    """Whether a container exited with a code the Job's podFailurePolicy fails the Job on."""
-    codes = {int(c) for c in PERMANENT_EXIT_CODES}
-    return any((_terminated(_container_status(pod, name)) or {}).get("exitCode") in codes for name in (SANITY_CONTAINER, TRAIN_CONTAINER))
-
-
-def explain_pod_failure(pod: Mapping[str, Any], hint: str = _MEMORY_HINT) -> Verdict | None:
-    """The most specific explanation of why a pod failed, or None.
-
-    A disruption comes first: a preempted or drained pod's containers exit
-    on the SIGTERM it brought (143), which is its consequence, not a cause.
-    """
-    return (
-        _disruption(pod)
-        or explain_termination(pod, SANITY_CONTAINER, hint)
-        or explain_termination(pod, TRAIN_CONTAINER, hint)
-        or _waiting(pod)
-    )
-
-
-def explain_job_failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], hint: str = _MEMORY_HINT) -> Verdict:
-    """Why a failed Job failed: its deadline, then the pods' own story, then the Job's reason."""
-    cond = _true_condition(job, "Failed") or _true_condition(job, "FailureTarget") or {}
-    job_reason = cond.get("reason") or ""
-    spec = job.get("spec") or {}
-    if job_reason == "DeadlineExceeded":
-        return Verdict(
-            Reason.DEADLINE_EXCEEDED.value,
-            f"The job ran longer than spec.activeDeadlineSeconds ({spec.get('activeDeadlineSeconds', '?')} s) and was "
-            "stopped. Raise spec.activeDeadlineSeconds, or shorten the run (spec.training.maxSteps or epochs).",
-        )
-    for pod in sorted(pods, key=_pod_order, reverse=True):
-        verdict = explain_pod_failure(pod, hint)
-        if verdict is not None:
-            return verdict
-    failed = (job.get("status") or {}).get("failed", 0)
-    if job_reason == "BackoffLimitExceeded":
-        return Verdict(
-            Reason.BACKOFF_LIMIT_EXCEEDED.value,
-            f"The training pod failed {failed} time(s), more than spec.backoffLimit ({spec.get('backoffLimit', '?')}) "
-            "allows. See the pods' logs (`kubectl logs -l job-name="
-            f"{(job.get('metadata') or {}).get('name', '?')}`) for the cause.",
-        )
-    return Verdict(
-        Reason.INTERNAL_ERROR.value,
-        f"The Job failed ({job_reason or 'no reason given'}: {cond.get('message') or 'no message'}).",
-    )
-
-
-# -- conditions --------------------------------------------------------------------------------
-
-
-def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
-    ctype: str,
-    status: str,
-    reason: str,
-    message: str,
-    now: str,
-) -> list[dict[str, Any]]:
-    """A copy of `conditions` with one condition set; lastTransitionTime moves only when status does."""
-    out = [dict(c) for c in conditions]
-    for cond in out:
-        if cond.get("type") == ctype:
-            if cond.get("status") != status or not cond.get("lastTransitionTime"):
-                cond["lastTransitionTime"] = now
-            cond.update(status=status, reason=reason, message=message)
-            return out
-    out.append({"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": now})
-    return out
-
-
-def condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
-    """The condition of a type in an SFTJob status, or None."""
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == ctype:
-            return cond
-    return None
-
-
-# -- merge patches -----------------------------------------------------------------------------
-
-
-def merge_diff(old: Any, new: Any) -> Any:
-    """The JSON merge patch (RFC 7386) that turns `old` into `new`; {} when equal."""
-    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
-        return new
-    patch: dict[str, Any] = {}
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = value
-        elif old[key] != value:
-            patch[key] = merge_diff(old[key], value) if isinstance(value, Mapping) and isinstance(old[key], Mapping) else value
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    return patch
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """Apply a JSON merge patch to a copy of `target`."""
-    if not isinstance(patch, Mapping):
-        return patch
-    out = dict(target) if isinstance(target, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = apply_merge_patch(out.get(key), value)
-    return out
 
 
 # -- the status ------------------------------------------------------------------------------
 
 
 def _succeeded(desired: dict[str, Any], pods: Sequence[Mapping[str, Any]], now: str) -> None:
-    ordered = sorted(pods, key=_pod_order, reverse=True)
+    ordered = sorted(pods, key=pod_order, reverse=True)
     done = next((p for p in ordered if (p.get("status") or {}).get("phase") == "Succeeded"), ordered[0] if ordered else None)
-    outcome = _outcome(_container_status(done, TRAIN_CONTAINER)) if done else None
+    outcome = outcome_of(container_status(done, TRAIN_CONTAINER)) if done else None
     conds = desired["conditions"]
     if outcome is not None and outcome.bestCheckpoint is not None:
         best = outcome.bestCheckpoint
-        desired["bestCheckpoint"] = _dump(best)
+        desired["bestCheckpoint"] = dump(best)
         where = f"step {best.step}, eval loss {best.evalLoss:.4g}" if best.step is not None and best.evalLoss is not None else "best"
         message = f"Training finished; the checkpoint ({where}) is at {best.uri}."
         conds = set_condition(conds, ConditionType.EXPORTED.value, "True", Reason.COMPLETED.value, f"Exported to {best.uri}.", now)
@@ -381,14 +100,14 @@ def _failed(desired: dict[str, Any], verdict: Verdict, now: str) -> None:
 
 def _sanity_report(desired: dict[str, Any], pods: Sequence[Mapping[str, Any]], now: str) -> None:
     """status.sanityCheck and the SanityChecked condition from the newest init container report."""
-    for pod in sorted(pods, key=_pod_order, reverse=True):
-        cs = _container_status(pod, SANITY_CONTAINER)
-        outcome = _outcome(cs)
+    for pod in sorted(pods, key=pod_order, reverse=True):
+        cs = container_status(pod, SANITY_CONTAINER)
+        outcome = outcome_of(cs)
         if outcome is not None and outcome.sanity is not None:
-            desired["sanityCheck"] = _dump(outcome.sanity)
+            desired["sanityCheck"] = dump(outcome.sanity)
             if outcome.resolved and "resolved" not in desired:
                 desired["resolved"] = outcome.resolved
-        term = _terminated(cs)
+        term = terminated_state(cs)
         if term is not None and term.get("exitCode") == 0:
             sanity = outcome.sanity if outcome is not None else None
             if sanity is not None and sanity.initialLoss is not None and sanity.finalLoss is not None:
@@ -407,10 +126,10 @@ def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Map
     """Phase and conditions of a Job that is neither finished nor suspended."""
     conds = desired["conditions"]
     job_name = (job.get("metadata") or {}).get("name", "?")
-    ordered = sorted(pods, key=_pod_order, reverse=True)
-    live = next((p for p in ordered if not _finished(p) and not (p.get("metadata") or {}).get("deletionTimestamp")), None)
-    first_stage = ConditionType.SANITY_CHECKED.value if _has_sanity_container(job.get("spec", {}).get("template")) or (
-        live is not None and _has_sanity_container(live)
+    ordered = sorted(pods, key=pod_order, reverse=True)
+    live = next((p for p in ordered if not pod_finished(p) and not (p.get("metadata") or {}).get("deletionTimestamp")), None)
+    first_stage = ConditionType.SANITY_CHECKED.value if has_sanity_container(job.get("spec", {}).get("template")) or (
+        live is not None and has_sanity_container(live)
     ) else ConditionType.TRAINING.value
 
     if live is None:
@@ -425,12 +144,12 @@ def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Map
             if previous.reason == Reason.PREEMPTED.value:
                 # Its message already says disruptions do not count; no failure count beside it.
                 note = "Waiting for the Job's replacement pod."
-            elif _permanent_failure(failed_pods[0]):
+            elif permanent_failure(failed_pods[0]):
                 # podFailurePolicy fails the Job on these exit codes; its Failed condition follows.
                 note = "A retry cannot help; the Job is failing."
             else:
                 # Disrupted pods are not failures (podFailurePolicy ignores them), so count only the others.
-                counted = sum(1 for p in failed_pods if _disruption(p) is None)
+                counted = sum(1 for p in failed_pods if disruption(p) is None)
                 failures = max((job.get("status") or {}).get("failed", 0), counted)
                 note = f"The Job retries the pod ({failures} failure(s) so far, spec.backoffLimit allows " \
                        f"{(job.get('spec') or {}).get('backoffLimit', '?')})."
@@ -443,10 +162,10 @@ def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Map
         desired["conditions"] = conds
         return
 
-    problem = _unschedulable(live) or _waiting(live)
-    disrupted = _disruption(live)
-    init = _container_status(live, SANITY_CONTAINER)
-    main = _container_status(live, TRAIN_CONTAINER)
+    problem = unschedulable(live) or stuck_waiting(live)
+    disrupted = disruption(live)
+    init = container_status(live, SANITY_CONTAINER)
+    main = container_status(live, TRAIN_CONTAINER)
     main_state = (main or {}).get("state") or {}
     init_state = (init or {}).get("state") or {}
 
@@ -483,7 +202,7 @@ def compute_status(
     progress: Progress | None = None,
     *,
     suspend: bool = False,
-    hint: str = _MEMORY_HINT,
+    hint: str = DEFAULT_MEMORY_HINT,
     now: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     """The merge patch for SFTJob `.status` given its Job, the Job's Pods and the latest progress.
@@ -506,9 +225,9 @@ def compute_status(
     job_spec = job.get("spec") or {}
     labels = (job.get("metadata") or {}).get("labels") or {}
 
-    if _true_condition(job, "Complete") or _true_condition(job, "SuccessCriteriaMet"):
+    if true_condition(job, "Complete") or true_condition(job, "SuccessCriteriaMet"):
         _succeeded(desired, pods, stamp)
-    elif _true_condition(job, "Failed") or _true_condition(job, "FailureTarget"):
+    elif true_condition(job, "Failed") or true_condition(job, "FailureTarget"):
         verdict = explain_job_failure(job, pods, hint)
         _failed(desired, verdict, stamp)
     elif suspend or job_spec.get("suspend"):
@@ -517,7 +236,7 @@ def compute_status(
             desired["phase"] = Phase.QUEUED.value
             desired["conditions"] = set_condition(
                 desired["conditions"],
-                ConditionType.SANITY_CHECKED.value if _has_sanity_container(job_spec.get("template")) else ConditionType.TRAINING.value,
+                ConditionType.SANITY_CHECKED.value if has_sanity_container(job_spec.get("template")) else ConditionType.TRAINING.value,
                 "Unknown", Reason.QUEUED.value,
                 f"Waiting for Kueue to admit the job in LocalQueue {labels[KUEUE_QUEUE_LABEL]!r} (spec.queueName).", stamp,
             )
