@@ -54,7 +54,8 @@ def make_trainer(prep, steps: int, workdir: Path):
     from datasets import Dataset
 
     from sftjob_runtime.callbacks import TokenCounter
-    from sftjob_runtime.train import RunPaths, _load_model, build_sft_config, make_trainer_class
+    from sftjob_runtime.train import _load_model, make_trainer_class
+    from sftjob_runtime.trainer_config import RunPaths, build_sft_config
 
     r = prep.resolved
     r.evalSteps = r.saveSteps = steps * 10

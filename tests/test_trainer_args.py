@@ -9,7 +9,7 @@ import pytest
 from sftjob.runconfig import RunConfig, RunModel, RunOutput
 from sftjob.spec import DatasetSpec, LoraSpec, ModelSpec, OutputSpec, TrainingSpec
 from sftjob_runtime.hparams import plan_steps, resolve
-from sftjob_runtime.train import NOT_TRAINER_ARGUMENTS, TRAINING_ARGUMENTS, RunPaths, build_sft_config
+from sftjob_runtime.trainer_config import NOT_TRAINER_ARGUMENTS, TRAINING_ARGUMENTS, RunPaths, build_sft_config
 
 EVERY_FIELD = TrainingSpec(
     epochs=2.5, maxSteps=40, learningRate=3.3e-5, perDeviceBatchSize=3, effectiveBatchSize=12, warmupRatio=0.07,

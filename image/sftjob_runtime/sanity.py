@@ -150,7 +150,8 @@ def run_sanity(prep, state=None) -> SanityResult:
 
     from sftjob_runtime.callbacks import MonitorCallback, TokenCounter
     from sftjob_runtime.progress_server import ProgressState
-    from sftjob_runtime.train import RunPaths, _load_model, build_sft_config, generate_sample, make_trainer_class
+    from sftjob_runtime.train import _load_model, generate_sample, make_trainer_class
+    from sftjob_runtime.trainer_config import RunPaths, build_sft_config
 
     cfg, r = prep.cfg, prep.resolved
     sc = cfg.sanityCheck

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sftjob.runconfig import RunConfig
 from sftjob.vocabulary import ExitCode, Reason
@@ -29,35 +26,9 @@ from sftjob_runtime.events import emit
 from sftjob_runtime.hparams import Resolved, count_parameters, plan_steps, resolve
 from sftjob_runtime.prepare import PreparedSplit, hf_token, load_splits, load_tokenizer, localize_model, model_error, tokenize_split
 from sftjob_runtime.progress_server import ProgressState
+from sftjob_runtime.trainer_config import RunPaths, build_sft_config
 
 SAMPLE_MAX_NEW_TOKENS = 64
-
-
-@dataclass
-class RunPaths:
-    """Where a run keeps its files under its work directory."""
-
-    root: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.json"
-
-    @property
-    def resolved(self) -> Path:
-        return self.root / "resolved.json"
 
 
 @dataclass
@@ -163,97 +134,6 @@ def _load_model(cfg: RunConfig, model_path: str, dtype: str, attention: str):
                        target_modules=target_modules, task_type="CAUSAL_LM"),
         )
     return model
-
-
-# Where each spec.training field reaches the trainer: (spec field, SFTConfig argument, value from the
-# resolved hyperparameters, which hold every field with its default chosen where the spec left it out).
-# tests/test_trainer_args.py fails when a spec field is in neither this table nor NOT_TRAINER_ARGUMENTS.
-TRAINING_ARGUMENTS: tuple[tuple[str, str, Callable[[Resolved], Any]], ...] = (
-    ("epochs", "num_train_epochs", lambda r: r.epochs),
-    ("maxSteps", "max_steps", lambda r: r.maxSteps or -1),
-    ("learningRate", "learning_rate", lambda r: r.learningRate),
-    ("perDeviceBatchSize", "per_device_train_batch_size", lambda r: r.perDeviceBatchSize),
-    ("perDeviceBatchSize", "per_device_eval_batch_size", lambda r: r.perDeviceBatchSize),
-    ("effectiveBatchSize", "gradient_accumulation_steps", lambda r: r.gradientAccumulationSteps),
-    ("warmupRatio", "warmup_steps", lambda r: r.warmupRatio),  # < 1 is a fraction of the steps in transformers 5
-    ("weightDecay", "weight_decay", lambda r: r.weightDecay),
-    ("maxGradNorm", "max_grad_norm", lambda r: r.maxGradNorm),
-    ("lrScheduler", "lr_scheduler_type", lambda r: r.lrScheduler),
-    ("maxSeqLength", "max_length", lambda r: r.maxSeqLength),
-    ("packing", "packing", lambda r: r.packing),
-    ("gradientCheckpointing", "activation_checkpointing", lambda r: bool(r.gradientCheckpointing)),
-    ("gradientCheckpointing", "activation_checkpointing_kwargs",
-     lambda r: {"use_reentrant": False} if r.gradientCheckpointing else None),
-    ("evalSteps", "eval_steps", lambda r: r.evalSteps),
-    ("saveSteps", "save_steps", lambda r: r.saveSteps),
-    ("saveTotalLimit", "save_total_limit", lambda r: r.saveTotalLimit),
-    ("loggingSteps", "logging_steps", lambda r: r.loggingSteps),
-    ("seed", "seed", lambda r: r.seed),
-    ("seed", "data_seed", lambda r: r.seed),
-)
-# spec.training fields that are not trainer arguments, and where they go instead.
-NOT_TRAINER_ARGUMENTS = {
-    "lora": "a PEFT LoraConfig around the model (train._load_model)",
-}
-
-
-def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: bool, max_steps: int | None = None,
-                     report: bool = True, overrides: dict[str, Any] | None = None):
-    """Map our stable spec names onto the installed TRL/transformers argument names.
-
-    The hyperparameters come from `TRAINING_ARGUMENTS`; the rest is how sftjob
-    runs the trainer. `report=False` reports to no metric sink, `overrides`
-    replaces arguments (the sanity check's throwaway run: constant rate, no
-    saves, a log line per step).
-    """
-    from trl import SFTConfig
-
-    keep_best = has_eval and cfg.output.keep == "best"
-    report_to = (list(cfg.monitoring.reportTo) if report else []) or ["none"]
-    if "tensorboard" in report_to:
-        # transformers 5 has no logging_dir: TensorBoard reads this variable.
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.tensorboard)
-    if "wandb" in report_to:
-        os.environ.setdefault("WANDB_MODE", "offline" if not os.environ.get("WANDB_API_KEY") else "online")
-        # This run's files go under this run's directory (set, not defaulted: one process may run several).
-        os.environ["WANDB_DIR"] = str(paths.root)
-        if cfg.monitoring.wandbProject:
-            os.environ.setdefault("WANDB_PROJECT", cfg.monitoring.wandbProject)
-        if cfg.monitoring.wandbEntity:
-            os.environ.setdefault("WANDB_ENTITY", cfg.monitoring.wandbEntity)
-    cuda = _cuda_available()
-    arguments: dict[str, Any] = {name: value(r) for _, name, value in TRAINING_ARGUMENTS}
-    if max_steps is not None:
-        arguments["max_steps"] = max_steps
-    arguments.update(
-        output_dir=str(paths.checkpoints),
-        run_name=cfg.name,
-        packing_strategy="bfd",  # best-fit decreasing, padding-free
-        bf16=r.dtype == "bfloat16",
-        fp16=r.dtype == "float16",
-        # transformers refuses bf16 without a bf16 GPU unless told it runs on the CPU.
-        use_cpu=not cuda,
-        eval_strategy="steps" if has_eval else "no",
-        save_strategy="steps",
-        load_best_model_at_end=keep_best,
-        metric_for_best_model="eval_loss" if keep_best else None,
-        greater_is_better=False if keep_best else None,
-        logging_first_step=True,
-        report_to=report_to,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=cuda,  # pinning without a GPU only warns
-        remove_unused_columns=True,
-        disable_tqdm=False,
-        dataset_num_proc=None,
-    )
-    arguments.update(overrides or {})
-    return SFTConfig(**arguments)
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def generate_sample(model, tokenizer, messages: list[dict]) -> str:

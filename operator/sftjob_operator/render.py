@@ -27,17 +27,13 @@ from sftjob.manifest import API_VERSION_FULL, SFTJob
 from sftjob.runconfig import RunConfig
 from sftjob.spec import DNS_LABEL_PATTERN, KIND
 from sftjob_operator.config import OperatorConfig
+from sftjob_operator.locations import PVC_MOUNT_ROOT, PVC_SCHEME, RenderError, local_only_errors, pvc_claims, pvc_local
 
 CONFIGMAP_SUFFIX = "-run-config"
 JOB_SUFFIX = "-sft"
 MAX_OBJECT_NAME = 63
 OUTPUT_DIR = f"{vocab.WORK_DIR}/output"
 HF_HOME = f"{vocab.WORK_DIR}/.cache/huggingface"
-# pvc://CLAIM/PATH locations in the spec are mounted at PVC_MOUNT_ROOT/CLAIM
-# and handed to the runtime as plain paths: the runtime knows no Kubernetes.
-PVC_MOUNT_ROOT = "/mnt/pvc"
-PVC_SCHEME = "pvc://"
-# The training image's unprivileged user (restricted Pod Security Standard).
 # Above 10000 so it never maps to a host user (and CKV_K8S_40 holds); the image's user has it too.
 RUN_AS_USER = 65532
 COMPONENT_RUN_CONFIG = "run-config"
@@ -45,7 +41,6 @@ COMPONENT_TRAINING = "training"
 APP_NAME = "sftjob"
 
 _DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 # Volume names inside the pod.
 _VOL_WORK, _VOL_SHM, _VOL_RUN_CONFIG, _VOL_TMP, _VOL_SECRETS = "work", "dshm", "run-config", "tmp", "secrets"
@@ -60,38 +55,6 @@ CHECKOV_SKIPS = {
     "checkov.io/skip3": "CKV2_K8S_6=Training pods need egress to model and data stores; the chart's "
                         "networkPolicy.trainingNamespaces limits their ingress to the operator",
 }
-
-
-class RenderError(ValueError):
-    """The SFTJob cannot be rendered; each of `errors` names a field to change."""
-
-    def __init__(self, *errors: str) -> None:
-        self.errors = list(errors)
-        super().__init__("; ".join(errors))
-
-
-# Where a pod can read from and write to. Anything else (a path, ~, file://) means
-# this machine's files: fine for `sftjob run`, nowhere to be found in a pod.
-CLUSTER_SCHEMES = ("s3://", PVC_SCHEME)
-_LOCAL_MODEL = ("/", "./", "../", "~", "file://")
-
-
-def local_only_errors(job: SFTJob) -> list[str]:
-    """Fields that name this machine's files, which a training pod cannot see (empty: fit for a cluster)."""
-    s = job.spec
-    errors = []
-    how = "only `sftjob run` on the machine that has it can read it; on a cluster use"
-    source = s.model.source
-    if source.startswith(_LOCAL_MODEL) or source in (".", ".."):
-        errors.append(f"spec.model.source: {source!r} is a local path: {how} a Hugging Face hub id, s3://BUCKET/PREFIX "
-                      "or pvc://CLAIM/PATH")
-    for field, value in (("spec.dataset.train", s.dataset.train), ("spec.dataset.validation", s.dataset.validation)):
-        if value and not value.startswith(CLUSTER_SCHEMES):
-            errors.append(f"{field}: {value!r} is a local path: {how} s3://BUCKET/KEY or pvc://CLAIM/PATH")
-    if not s.output.uri.startswith(CLUSTER_SCHEMES):
-        errors.append(f"spec.output.uri: {s.output.uri!r} is a local location: the model would be written inside the "
-                      "pod and lost with it; on a cluster use s3://BUCKET/PREFIX or pvc://CLAIM/PATH")
-    return errors
 
 
 def configmap_name(name: str) -> str:
@@ -115,7 +78,7 @@ def render(job: SFTJob, config: OperatorConfig) -> list[dict]:
     local = local_only_errors(job)
     if local:
         raise RenderError(*local)
-    pvcs = _pvc_claims(job)
+    pvcs = pvc_claims(job)
     run_config = _run_config(job)
     run_config_json = run_config.to_json()
     job_spec = _job_spec(job, config, pvcs)
@@ -190,44 +153,13 @@ def _metadata(job: SFTJob, name: str, component: str, digest: str) -> dict[str, 
     return meta
 
 
-# ---- pvc:// locations ------------------------------------------------------
-
-
-def _pvc_split(field: str, uri: str) -> tuple[str, str]:
-    claim, _, path = uri[len(PVC_SCHEME):].partition("/")
-    if not claim or len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim):
-        raise RenderError(f"{field}: pvc:// locations are pvc://CLAIM/PATH with a valid claim name, got {uri!r}")
-    return claim, path.strip("/")
-
-
-def _pvc_local(field: str, uri: str) -> str:
-    claim, path = _pvc_split(field, uri)
-    return f"{PVC_MOUNT_ROOT}/{claim}/{path}" if path else f"{PVC_MOUNT_ROOT}/{claim}"
-
-
-def _pvc_locations(job: SFTJob) -> list[tuple[str, str]]:
-    s = job.spec
-    found = [("spec.model.source", s.model.source), ("spec.dataset.train", s.dataset.train),
-             ("spec.dataset.validation", s.dataset.validation), ("spec.output.uri", s.output.uri)]
-    return [(f, u) for f, u in found if u and u.startswith(PVC_SCHEME)]
-
-
-def _pvc_claims(job: SFTJob) -> dict[str, bool]:
-    """Claims named by pvc:// locations, mapped to whether the pod writes to them (the output)."""
-    claims: dict[str, bool] = {}
-    for field, uri in _pvc_locations(job):
-        claim, _ = _pvc_split(field, uri)
-        claims[claim] = claims.get(claim, False) or field == "spec.output.uri"
-    return dict(sorted(claims.items()))
-
-
 def _run_config(job: SFTJob) -> RunConfig:
     """The run config, with pvc:// locations replaced by their mount paths."""
     rc = RunConfig.from_sftjob(job)
     s = job.spec
 
     def local(field: str, uri: str | None) -> str | None:
-        return _pvc_local(field, uri) if uri and uri.startswith(PVC_SCHEME) else uri
+        return pvc_local(field, uri) if uri and uri.startswith(PVC_SCHEME) else uri
 
     return rc.model_copy(update={
         "model": rc.model.model_copy(update={"source": local("spec.model.source", s.model.source)}),
