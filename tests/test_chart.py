@@ -31,7 +31,7 @@ from sftjob.manifest import parse_sftjob
 from sftjob_operator.config import ENV_PREFIX, OperatorConfig
 from sftjob_operator.kube import PLURALS
 from sftjob_operator.render import render
-from tests.support.helm import CHART_DIR, NAMESPACE, RELEASE, REPO, Helm, HelmError, helm, helm_bin  # noqa: F401
+from tests.support.helm import CHART_DIR, NAMESPACE, RELEASE, REPO, Helm, HelmError
 
 CRD_SOURCE = REPO / "crds" / "sftjob.dev_sftjobs.yaml"
 CRD_COPY = CHART_DIR / "files" / "crds" / "sftjob.dev_sftjobs.yaml"

@@ -20,7 +20,6 @@ import yaml
 from sftjob.manifest import load_sftjob, parse_sftjob
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.render import CHECKOV_SKIPS, render
-from tests.support.helm import helm, helm_bin  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_EXAMPLES = ["kueue.yaml", "llama-8b-recipe.yaml", "lora.yaml", "multi-gpu.yaml"]
@@ -55,7 +54,7 @@ def test_the_rendered_job_carries_exactly_the_documented_skips_with_reasons():
     assert _skipped_ids(CHECKOV_SKIPS) == _skipped_ids(job["metadata"]["annotations"])
 
 
-def test_the_chart_carries_exactly_the_documented_skips_with_reasons(helm):  # noqa: F811
+def test_the_chart_carries_exactly_the_documented_skips_with_reasons(helm):
     [deployment] = [o for o in helm.template() if o["kind"] == "Deployment"]
     for where in (deployment["metadata"]["annotations"], deployment["spec"]["template"]["metadata"]["annotations"]):
         skips = _skipped_ids(where)
@@ -79,7 +78,7 @@ def scan(checkov: str, folder: Path) -> dict:
     return report[0] if isinstance(report, list) else report
 
 
-def test_checkov_finds_nothing_unexplained(checkov, helm, tmp_path):  # noqa: F811
+def test_checkov_finds_nothing_unexplained(checkov, helm, tmp_path):
     (tmp_path / "chart.yaml").write_text(helm.template_text(namespace="sftjob-system"))
     (tmp_path / "chart-namespaced.yaml").write_text(helm.template_text({"watchNamespaces": ["team-a"]}, namespace="sftjob-system"))
     jobs = [load_sftjob(REPO / "examples" / name) for name in CLUSTER_EXAMPLES] + [parse_sftjob(ALL_CREDENTIALS, "test")]

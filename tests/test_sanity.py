@@ -12,8 +12,10 @@ import yaml
 
 from sftjob.report import Outcome
 from sftjob_runtime.sanity import garbled
-from tests.support.models import cpu_precision, demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
 from tests.test_train import write_job
+
+# The gate trains real steps (the data checks load a tokenizer and tokenize the data first).
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
@@ -38,7 +40,7 @@ def sanity_cli(job, term) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_loss_that_does_not_fall_fails_the_gate_with_its_reason(tiny_model_dir, tmp_path, cpu_precision):  # noqa: F811
+def test_loss_that_does_not_fall_fails_the_gate_with_its_reason(tiny_model_dir, tmp_path, cpu_precision):
     # A learning rate that cannot move the weights: the same rows score the same before and after.
     job = write_job(tmp_path, tiny_model_dir, training={"learningRate": 1e-12}, sanity=True)
     term = tmp_path / "term"
@@ -53,7 +55,7 @@ def test_loss_that_does_not_fall_fails_the_gate_with_its_reason(tiny_model_dir, 
     assert not outcome.ok and outcome.reason == "SanityLossNotDecreasing" and outcome.sanity.finalLoss is not None
 
 
-def test_demo_model_passes_the_gate(demo_model_dir, tmp_path):  # noqa: F811
+def test_demo_model_passes_the_gate(demo_model_dir, tmp_path):
     job = write_job(tmp_path, demo_model_dir, training={"learningRate": 1e-4, "maxSeqLength": 256},
                     sanity={"steps": 3, "samples": 8})
     term = tmp_path / "term"
@@ -86,7 +88,7 @@ def failed_report(job, tmp_path, reason):
     return report
 
 
-def test_every_answer_truncated_names_the_length_that_fits(tiny_model_dir, tmp_path):  # noqa: F811
+def test_every_answer_truncated_names_the_length_that_fits(tiny_model_dir, tmp_path):
     job = write_job(tmp_path, tiny_model_dir, training={"maxSeqLength": 20}, sanity=True)
     report = failed_report(job, tmp_path, "SanityTruncated")
     assert report["truncatedAnswers"] == report["rows"] == report["maskedRows"] == 48
@@ -95,7 +97,7 @@ def test_every_answer_truncated_names_the_length_that_fits(tiny_model_dir, tmp_p
     assert "48 lose the whole answer" in report["message"]
 
 
-def test_a_share_of_truncated_answers_fails_above_the_threshold(tiny_model_dir, tmp_path):  # noqa: F811
+def test_a_share_of_truncated_answers_fails_above_the_threshold(tiny_model_dir, tmp_path):
     job = write_job(tmp_path, tiny_model_dir, sanity=True)
     padding = " Please double-check every field before you answer." * 30
     rewrite_rows(tmp_path / "train.jsonl", lambda i, row: {"messages": [
@@ -106,7 +108,7 @@ def test_a_share_of_truncated_answers_fails_above_the_threshold(tiny_model_dir, 
     assert report["suggestedMaxSeqLength"] > 256
 
 
-def test_whitespace_only_answers_fail_naming_the_rows(tiny_model_dir, tmp_path):  # noqa: F811
+def test_whitespace_only_answers_fail_naming_the_rows(tiny_model_dir, tmp_path):
     job = write_job(tmp_path, tiny_model_dir, sanity=True)
     rewrite_rows(tmp_path / "train.jsonl", lambda i, row: {"messages": [
         {**m, "content": "  \n "} if m["role"] == "assistant" and i in (2, 7) else m for m in row["messages"]]})
@@ -115,7 +117,7 @@ def test_whitespace_only_answers_fail_naming_the_rows(tiny_model_dir, tmp_path):
     assert "train.jsonl:3, " in report["message"] and "train.jsonl:8" in report["message"]
 
 
-def test_a_template_without_an_end_marker_fails_before_any_step(tiny_model_dir, tmp_path):  # noqa: F811
+def test_a_template_without_an_end_marker_fails_before_any_step(tiny_model_dir, tmp_path):
     # Generation markers around the content only: the turn's end is never trained.
     plain = ("{%- for m in messages -%}{%- if m['role'] == 'assistant' -%}assistant: {% generation %}{{ m['content'] }}"
              "{% endgeneration %}\n{% else -%}{{ m['role'] }}: {{ m['content'] }}\n{% endif -%}{%- endfor -%}"
@@ -128,7 +130,7 @@ def test_a_template_without_an_end_marker_fails_before_any_step(tiny_model_dir, 
     assert "would never learn to stop" in report["message"] and "initialLoss" not in report
 
 
-def test_labels_that_lost_the_eos_to_pad_masking_fail(demo_model_dir):  # noqa: F811
+def test_labels_that_lost_the_eos_to_pad_masking_fail(demo_model_dir):
     """pad == eos (SmolLM2): masking labels by pad id (the classic collator bug) drops the end of turn."""
     from transformers import AutoTokenizer
 
@@ -153,14 +155,14 @@ def test_labels_that_lost_the_eos_to_pad_masking_fail(demo_model_dir):  # noqa: 
     assert found is not None and found.reason == "SanityNoEndOfTurn"
 
 
-def test_a_diverging_loss_is_told_to_lower_the_learning_rate(tiny_model_dir, tmp_path):  # noqa: F811
+def test_a_diverging_loss_is_told_to_lower_the_learning_rate(tiny_model_dir, tmp_path):
     job = write_job(tmp_path, tiny_model_dir, training={"learningRate": 1.0}, sanity=True)
     report = failed_report(job, tmp_path, "SanityDiverged")
     assert "lower spec.training.learningRate 3x (to 0.333)" in report["message"]
     assert "raise" not in report["message"]
 
 
-def test_a_good_prompt_completion_job_passes_with_a_preset(demo_model_dir, tmp_path):  # noqa: F811
+def test_a_good_prompt_completion_job_passes_with_a_preset(demo_model_dir, tmp_path):
     """A second good job, unlike the first: conversational prompt-completion rows and the chatml preset."""
     job = write_job(tmp_path, demo_model_dir, training={"learningRate": 1e-4}, sanity={"steps": 3, "samples": 8})
     for name in ("train.jsonl", "val.jsonl"):

@@ -11,8 +11,6 @@ from sftjob.runconfig import RunConfig, RunModel, RunOutput
 from sftjob.spec import DatasetSpec
 from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.prepare import load_splits, localize_model
-from tests.support.models import cpu_precision, demo_model_dir, tiny_model_dir  # noqa: F401 (fixtures)
-from tests.support.s3 import s3_env, s3_server  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +32,8 @@ def test_model_source_kinds(tmp_path):
         localize_model(cfg("~/nowhere/demo-model"), tmp_path)
 
 
-def test_data_and_model_come_from_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.slow
+def test_data_and_model_come_from_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
     bucket = s3_server.bucket("inputs")
     client = s3_server.client()
@@ -52,7 +51,7 @@ def test_data_and_model_come_from_s3(s3_server, s3_env, tiny_model_dir, tmp_path
     assert (local / "model.safetensors").read_bytes() == (Path(tiny_model_dir) / "model.safetensors").read_bytes()
 
 
-def test_missing_s3_object_is_one_line_naming_the_field(s3_server, s3_env, tmp_path, monkeypatch):  # noqa: F811
+def test_missing_s3_object_is_one_line_naming_the_field(s3_server, s3_env, tmp_path, monkeypatch):
     monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
     bucket = s3_server.bucket("inputs")
     with pytest.raises(RuntimeFailure) as e:
@@ -64,7 +63,8 @@ def test_missing_s3_object_is_one_line_naming_the_field(s3_server, s3_env, tmp_p
         localize_model(cfg(f"s3://{bucket}/no-model", endpoint=s3_server.endpoint), None)
 
 
-def test_run_reads_from_and_exports_to_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.slow
+def test_run_reads_from_and_exports_to_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch):
     """The whole local run against S3: data in, best checkpoint out, manifest last."""
     import yaml
 
@@ -105,7 +105,8 @@ def test_missing_local_data_file_names_the_field(tmp_path):
     assert e.value.reason.value == "DatasetNotFound"
 
 
-def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch, cpu_precision):  # noqa: F811
+@pytest.mark.slow
+def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env, tiny_model_dir, tmp_path, monkeypatch, cpu_precision):
     """No persistent volume: the first pod dies after its saves; the next starts empty and resumes from S3."""
     import shutil
 
@@ -167,7 +168,7 @@ def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env
     assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="out/pre.checkpoints/")
 
 
-def test_only_complete_checkpoints_of_the_same_config_are_resumed_from(s3_server, s3_env, tmp_path):  # noqa: F811
+def test_only_complete_checkpoints_of_the_same_config_are_resumed_from(s3_server, s3_env, tmp_path):
     from sftjob_runtime.checkpoint_sync import config_digest, restore_checkpoints
     from sftjob_runtime.export import export_checkpoint
 
@@ -189,7 +190,7 @@ def test_only_complete_checkpoints_of_the_same_config_are_resumed_from(s3_server
     assert not (tmp_path / "local" / "checkpoint-4").exists() and not (tmp_path / "local" / "checkpoint-6").exists()
 
 
-def test_mirror_trouble_is_one_line_naming_the_output(s3_server, s3_env, tmp_path):  # noqa: F811
+def test_mirror_trouble_is_one_line_naming_the_output(s3_server, s3_env, tmp_path):
     from sftjob_runtime.checkpoint_sync import restore_checkpoints
 
     c = RunConfig(name="x", model=RunModel(source="m"), dataset=DatasetSpec(train="t.jsonl"),

@@ -17,10 +17,13 @@ import pytest
 import yaml
 
 from sftjob.report import Outcome
-from tests.support.models import PRECISIONS, cpu_precision, demo_model_dir, forced_precision, tiny_model_dir  # noqa: F401 (fixtures)
+from tests.support.models import PRECISIONS, forced_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
+
+# Every test here trains (or loads the demo model) on CPU.
+pytestmark = pytest.mark.slow
 
 
 def write_job(tmp: Path, model: Path, *, name="tiny", train_rows=48, val_rows=12, training=None, sanity=False, extra=None,
@@ -49,7 +52,7 @@ def write_job(tmp: Path, model: Path, *, name="tiny", train_rows=48, val_rows=12
 
 
 @pytest.fixture(scope="module", params=sorted(PRECISIONS))
-def trained(request, tiny_model_dir, tmp_path_factory):  # noqa: F811
+def trained(request, tiny_model_dir, tmp_path_factory):
     """One real run per CPU precision path (forced, whatever this CPU has), shared by the assertions below."""
     from sftjob_runtime.entrypoint import run
 
@@ -176,7 +179,7 @@ def run_cli(*args, env_extra=None, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sftjob.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_malformed_data_fails_with_file_line_and_reason(tiny_model_dir, tmp_path):  # noqa: F811
+def test_malformed_data_fails_with_file_line_and_reason(tiny_model_dir, tmp_path):
     job = write_job(tmp_path, tiny_model_dir)
     with (tmp_path / "train.jsonl").open("a") as f:
         f.write('{"messages": [{"role": "user", "content": "no answer"}]}\n{not json}\n')
@@ -190,7 +193,7 @@ def test_malformed_data_fails_with_file_line_and_reason(tiny_model_dir, tmp_path
     assert not outcome.ok and outcome.reason == "DatasetSchema"
 
 
-def test_unknown_preset_is_a_chat_template_error(tiny_model_dir, tmp_path):  # noqa: F811
+def test_unknown_preset_is_a_chat_template_error(tiny_model_dir, tmp_path):
     job = write_job(tmp_path, tiny_model_dir, extra={})
     spec = yaml.safe_load(job.read_text())
     spec["spec"]["model"]["chatTemplate"] = "vicuna"
@@ -201,7 +204,7 @@ def test_unknown_preset_is_a_chat_template_error(tiny_model_dir, tmp_path):  # n
     assert "Traceback" not in r.stderr
 
 
-def test_preview_json_shows_trained_spans(tiny_model_dir, tmp_path):  # noqa: F811
+def test_preview_json_shows_trained_spans(tiny_model_dir, tmp_path):
     job = write_job(tmp_path, tiny_model_dir, training={"maxSeqLength": 60})
     r = run_cli("preview", str(job), "-n", "3", "--json")
     assert r.returncode == 0, r.stderr
@@ -219,7 +222,7 @@ def test_preview_json_shows_trained_spans(tiny_model_dir, tmp_path):  # noqa: F8
     assert json.loads(full.stdout)[0]["trained_text"] == [answer + "<|im_end|>"]
 
 
-def test_sanity_fails_when_every_row_is_masked(tiny_model_dir, tmp_path):  # noqa: F811
+def test_sanity_fails_when_every_row_is_masked(tiny_model_dir, tmp_path):
     # maxSeqLength 20 ends every row before its assistant turn starts: nothing to train on.
     job = write_job(tmp_path, tiny_model_dir, training={"maxSeqLength": 20}, sanity=True)
     r = run_cli("sanity", str(job), "--json")
@@ -232,7 +235,7 @@ def test_sanity_fails_when_every_row_is_masked(tiny_model_dir, tmp_path):  # noq
     assert run.returncode == 10 and "SanityTruncated" not in run.stdout and "maxSeqLength=20" in run.stderr
 
 
-def test_packed_rows_do_not_attend_to_each_other(tiny_model_dir):  # noqa: F811
+def test_packed_rows_do_not_attend_to_each_other(tiny_model_dir):
     """Padding-free packing (packing: true) must give every row the loss it has alone.
 
     The collator TRL uses for packing concatenates rows and restarts position_ids; our
@@ -254,7 +257,7 @@ def test_packed_rows_do_not_attend_to_each_other(tiny_model_dir):  # noqa: F811
     torch.testing.assert_close(logits_packed[30:], alone[1], atol=1e-4, rtol=1e-4)
 
 
-def test_data_parallel_run_under_torchrun(tiny_model_dir, tmp_path):  # noqa: F811
+def test_data_parallel_run_under_torchrun(tiny_model_dir, tmp_path):
     """What the pod runs for gpus > 1: torchrun, one process per device (here 2 CPU processes, gloo).
 
     The effective batch is kept by the real world size, and only rank 0 reports and exports.
@@ -278,7 +281,7 @@ def test_data_parallel_run_under_torchrun(tiny_model_dir, tmp_path):  # noqa: F8
     assert (tmp_path / "export" / "sftjob-manifest.json").is_file()
 
 
-def test_lora_run_exports_the_best_adapter(tiny_model_dir, tmp_path):  # noqa: F811
+def test_lora_run_exports_the_best_adapter(tiny_model_dir, tmp_path):
     """With spec.training.lora the base weights stay frozen and the exported checkpoint is the PEFT adapter."""
     from peft import AutoPeftModelForCausalLM
 
@@ -293,7 +296,7 @@ def test_lora_run_exports_the_best_adapter(tiny_model_dir, tmp_path):  # noqa: F
     assert model.peft_config["default"].r == 4
 
 
-def test_a_finished_run_leaves_one_copy_of_the_model_and_no_checkpoints(tiny_model_dir, tmp_path):  # noqa: F811
+def test_a_finished_run_leaves_one_copy_of_the_model_and_no_checkpoints(tiny_model_dir, tmp_path):
     """Default: the export is the only copy, checkpoints are pruned, and the summary says so."""
     job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 4}, keep_checkpoints=False)
     r = run_cli("run", str(job), "--output", str(tmp_path / "work"))
@@ -305,7 +308,7 @@ def test_a_finished_run_leaves_one_copy_of_the_model_and_no_checkpoints(tiny_mod
     assert json.loads((work / "report.json").read_text())["workDir"] == {"checkpoints": "pruned", "bestDir": str(tmp_path / "export")}
 
 
-def test_a_small_run_prints_no_library_noise(tiny_model_dir, tmp_path):  # noqa: F811
+def test_a_small_run_prints_no_library_noise(tiny_model_dir, tmp_path):
     """What a newcomer reads first: our lines, the trainer's progress, nothing a user cannot act on."""
     job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 3}, sanity={"steps": 2, "samples": 8})
     r = run_cli("run", str(job), "--output", str(tmp_path / "work"), env_extra={"WANDB_MODE": "offline"})
@@ -315,7 +318,7 @@ def test_a_small_run_prints_no_library_noise(tiny_model_dir, tmp_path):  # noqa:
         assert noise not in text, f"{noise!r} in the output of a plain run:\n{text[-3000:]}"
 
 
-def test_wandb_example_records_an_offline_run_with_the_recipe_metrics(tiny_model_dir, tmp_path):  # noqa: F811
+def test_wandb_example_records_an_offline_run_with_the_recipe_metrics(tiny_model_dir, tmp_path):
     """examples/wandb-offline.yaml as written (tiny model, few steps): W&B run files with what the recipe watches."""
     from tests.support.wandb_files import history, run_files
 
@@ -342,7 +345,7 @@ def test_wandb_example_records_an_offline_run_with_the_recipe_metrics(tiny_model
     assert "URL not available" not in r.stderr
 
 
-def test_preview_shows_only_the_completion_of_prompt_completion_rows(tiny_model_dir, tmp_path):  # noqa: F811
+def test_preview_shows_only_the_completion_of_prompt_completion_rows(tiny_model_dir, tmp_path):
     job = write_job(tmp_path, tiny_model_dir, train_rows=4)
     rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     # TRL's conversational prompt-completion form, with an earlier answer inside the prompt.
