@@ -132,6 +132,21 @@ def operator_env(objs: list[dict]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in operator_container(objs)["env"]}
 
 
+def config_from(env: dict[str, str]) -> OperatorConfig:
+    """OperatorConfig as the operator reads it (pydantic-settings) from exactly this environment."""
+    import os
+
+    mp = pytest.MonkeyPatch()
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        mp.delenv(name)
+    for name, value in env.items():
+        mp.setenv(name, value)
+    try:
+        return OperatorConfig.from_env()
+    finally:
+        mp.undo()
+
+
 def permissions(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
     """{(group, resource): verbs} from RBAC rules (no resourceNames or URLs expected)."""
     out: dict[tuple[str, str], set[str]] = {}
@@ -505,11 +520,11 @@ def test_chart_sets_exactly_the_operator_config_fields(rendered):
 
 
 def test_chart_defaults_are_the_operator_defaults(rendered):
-    assert OperatorConfig.from_env(operator_env(rendered("default"))) == OperatorConfig()
+    assert config_from(operator_env(rendered("default"))) == OperatorConfig()
 
 
 def test_chart_values_reach_the_operator_config(rendered):
-    config = OperatorConfig.from_env(operator_env(rendered("everything-set")))
+    config = config_from(operator_env(rendered("everything-set")))
     assert config.image == "registry.example.com/ml/sftjob-runtime:0.1.0-cuda12.4"
     assert config.image_pull_policy == "Always"
     assert config.namespaces == ("ml",)
@@ -519,7 +534,7 @@ def test_chart_values_reach_the_operator_config(rendered):
     assert config.ttl_seconds_after_finished == 86400
     assert config.metrics_port == 0  # metrics.enabled: false
     assert config.log_format == "plain"
-    scanning_off = OperatorConfig.from_env(operator_env(rendered("namespaced")))
+    scanning_off = config_from(operator_env(rendered("namespaced")))
     assert scanning_off.namespaces == ("team-a", "team-b")
 
 
@@ -601,7 +616,7 @@ def test_metrics_service_and_servicemonitor_reach_the_operator(rendered):
 def test_operator_selectors_never_match_training_pods(rendered):
     # Training pods also carry app.kubernetes.io/name=sftjob; an SFTJob named like the release must not join the Service.
     objs = rendered("monitoring-and-network-policy")
-    config = OperatorConfig.from_env(operator_env(objs))
+    config = config_from(operator_env(objs))
     job = next(o for o in render(parse_sftjob({**SFTJOB, "metadata": {**SFTJOB["metadata"], "name": RELEASE}}, "test"), config)
                if o["kind"] == "Job")
     training_labels = job["spec"]["template"]["metadata"]["labels"]
@@ -628,7 +643,7 @@ def test_network_policy_is_off_by_default(rendered):
 @pytest.mark.parametrize("variant", ["monitoring-and-network-policy", "everything-set"])
 def test_network_policy_lets_the_operator_poll_training_pods(rendered, variant: str):
     objs = rendered(variant)
-    config = OperatorConfig.from_env(operator_env(objs))
+    config = config_from(operator_env(objs))
     job = next(o for o in render(parse_sftjob(copy.deepcopy(SFTJOB), "test"), config) if o["kind"] == "Job")
     pod = job["spec"]["template"]
     [progress] = [p for c in pod["spec"]["containers"] for p in c.get("ports", []) if p["name"] == "progress"]
@@ -657,7 +672,7 @@ def test_network_policy_lets_the_operator_poll_training_pods(rendered, variant: 
 def test_training_namespace_policies_admit_only_the_operator(rendered):
     objs = rendered("monitoring-and-network-policy")
     operator_pod_labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    config = OperatorConfig.from_env(operator_env(objs))
+    config = config_from(operator_env(objs))
     job = next(o for o in render(parse_sftjob(copy.deepcopy(SFTJOB), "test"), config) if o["kind"] == "Job")
     training_labels = job["spec"]["template"]["metadata"]["labels"]
     policies = {p["metadata"]["namespace"]: p for p in objects(objs, "NetworkPolicy") if p["metadata"]["namespace"] != NAMESPACE}
@@ -687,3 +702,13 @@ def test_notes_warn_about_risky_choices(helm: Helm):
     assert "WARNING: crds.keep is false" in notes
     assert "kubectl get sft -n team-a" in notes
     assert "WARNING: crds.enabled is false" in helm.notes({"crds": {"enabled": False}})
+
+
+def test_operator_settings_come_from_the_environment_and_bad_ones_name_their_variable(monkeypatch):
+    monkeypatch.setenv("SFTJOB_OPERATOR_NAMESPACES", "team-a, team-b,")
+    monkeypatch.setenv("SFTJOB_OPERATOR_IMAGE", "")  # empty: the default
+    config = OperatorConfig.from_env()
+    assert config.namespaces == ("team-a", "team-b") and config.image == OperatorConfig.model_fields["image"].default
+    monkeypatch.setenv("SFTJOB_OPERATOR_PROGRESS_PORT", "eighty")
+    with pytest.raises(ValueError, match=r"^SFTJOB_OPERATOR_PROGRESS_PORT: Input should be a valid integer.*'eighty'"):
+        OperatorConfig.from_env()

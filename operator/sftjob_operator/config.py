@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sftjob.vocabulary import PROGRESS_PORT
 
@@ -13,14 +13,18 @@ ENV_PREFIX = "SFTJOB_OPERATOR_"
 DEFAULT_IMAGE = "ghcr.io/sftjob/sftjob-runtime:0.1.0"
 
 
-class OperatorConfig(BaseModel):
-    """Everything the operator needs besides the SFTJobs themselves."""
+class OperatorConfig(BaseSettings):
+    """Everything the operator needs besides the SFTJobs themselves: SFTJOB_OPERATOR_<FIELD> variables (pydantic-settings)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # An empty variable means "the default", as the chart leaves optional values empty.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True)
 
     image: str = Field(default=DEFAULT_IMAGE, description="Default training image (spec.image overrides it).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent")
-    namespaces: tuple[str, ...] = Field(default=(), description="Namespaces to watch; empty means all (cluster mode).")
+    # A comma-separated list in the environment (the chart writes "team-a,team-b"), not JSON.
+    namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Namespaces to watch; empty means all (cluster mode)."
+    )
     disable_scanning: bool = Field(
         default=False,
         description="Skip kopf's scanning of CRDs and namespaces (always skipped when namespaces are listed).",
@@ -33,18 +37,16 @@ class OperatorConfig(BaseModel):
     health_port: int = Field(default=8081, ge=0, le=65535, description="kopf liveness endpoint port (0 disables).")
     log_format: Literal["json", "plain"] = Field(default="json")
 
+    @field_validator("namespaces", mode="before")
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "OperatorConfig":
+    def _comma_separated(cls, value: object) -> object:
+        return tuple(n.strip() for n in value.split(",") if n.strip()) if isinstance(value, str) else value
+
+    @classmethod
+    def from_env(cls) -> "OperatorConfig":
         """Read SFTJOB_OPERATOR_<FIELD> variables; raise ValueError naming the variable on bad values."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for name in cls.model_fields:
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is None or raw == "":
-                continue
-            values[name] = tuple(n.strip() for n in raw.split(",") if n.strip()) if name == "namespaces" else raw
         try:
-            return cls(**values)
+            return cls()
         except ValidationError as e:
             first = e.errors(include_url=False)[0]
             var = ENV_PREFIX + str(first["loc"][0]).upper()
