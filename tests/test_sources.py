@@ -198,3 +198,18 @@ def test_mirror_trouble_is_one_line_naming_the_output(s3_server, s3_env, tmp_pat
     with pytest.raises(RuntimeFailure) as e:
         restore_checkpoints(c, tmp_path)
     assert str(e.value).startswith("spec.output.uri: checkpoint mirror: NoSuchBucket") and "\n" not in str(e.value)
+
+
+def test_a_cached_input_replaced_by_one_of_the_same_size_is_downloaded_again(s3_server, s3_env, tmp_path, monkeypatch):
+    """The S3 input cache compares ETags, not sizes only."""
+    monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
+    bucket = s3_server.bucket("inputs")
+    client = s3_server.client()
+    row = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+    client.put_object(Bucket=bucket, Key="d/t.jsonl", Body=(json.dumps(row) + "\n").encode())
+    c = cfg(train=f"s3://{bucket}/d/t.jsonl", endpoint=s3_server.endpoint)
+    (first,), _ = load_splits(c)
+    changed = {**row, "messages": [row["messages"][0], {"role": "assistant", "content": "5"}]}  # same size
+    client.put_object(Bucket=bucket, Key="d/t.jsonl", Body=(json.dumps(changed) + "\n").encode())
+    (second,), _ = load_splits(c)
+    assert (first.messages[-1]["content"], second.messages[-1]["content"]) == ("4", "5")

@@ -22,6 +22,10 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+# Under the cache root, beside (not inside) the downloaded trees: the ETag of each cached object.
+ETAGS = ".etags"
+
+
 def s3_client(endpoint: str | None, region: str | None):
     """A boto3 S3 client for the job's endpoint and region (credentials from the environment or identity)."""
     import boto3
@@ -29,25 +33,37 @@ def s3_client(endpoint: str | None, region: str | None):
     return boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None)
 
 
-def download(client, bucket: str, key: str, dest: Path, size: int | None = None) -> None:
-    """Download one object through a `.partial` file (never a half file under the real name); skip a same-size copy."""
+def download(client, bucket: str, key: str, dest: Path, size: int | None = None, etag: str | None = None,
+             tag: Path | None = None) -> None:
+    """Download one object through a `.partial` file (never a half file under the real name).
+
+    A cached copy is reused only when its size matches and, with `etag` and
+    `tag` (where the ETag of the cached copy is recorded, outside the
+    downloaded tree), when the ETag does too: an object replaced by another of
+    the same size is downloaded again.
+    """
     if size is not None and dest.is_file() and dest.stat().st_size == size:
-        return
+        if etag is None or tag is None or (tag.is_file() and tag.read_text() == etag):
+            return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".partial")
     client.download_file(bucket, key, str(tmp))
     tmp.replace(dest)
+    if etag is not None and tag is not None:
+        tag.parent.mkdir(parents=True, exist_ok=True)
+        tag.write_text(etag)
 
 
 def fetch_s3_file(uri: str, dest_dir: Path, *, field: str, endpoint: str | None = None, region: str | None = None) -> str:
-    """Download one object (skipped when a same-size copy is already there); returns the local path."""
+    """Download one object (skipped when the cached copy has its size and ETag); returns the local path."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3(uri)
     dest = dest_dir / bucket / key
     try:
         client = s3_client(endpoint, region)
-        download(client, bucket, key, dest, client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        head = client.head_object(Bucket=bucket, Key=key)
+        download(client, bucket, key, dest, head["ContentLength"], head.get("ETag"), dest_dir / ETAGS / bucket / key)
     except (ClientError, BotoCoreError) as e:
         raise RuntimeFailure(Reason.DATASET_NOT_FOUND, f"{field}: cannot read {uri} ({brief_error(e)})", ExitCode.DATASET) from None
     return str(dest)
@@ -69,7 +85,8 @@ def fetch_s3_prefix(uri: str, dest_dir: Path, *, field: str, endpoint: str | Non
                 if not rel or rel.endswith("/"):
                     continue
                 found += 1
-                download(client, bucket, obj["Key"], root / rel, obj["Size"])
+                download(client, bucket, obj["Key"], root / rel, obj["Size"], obj.get("ETag"),
+                         dest_dir / ETAGS / bucket / obj["Key"])
     except (ClientError, BotoCoreError) as e:
         raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"{field}: cannot read {uri} ({brief_error(e)})", ExitCode.MODEL) from None
     if not found:
