@@ -213,3 +213,32 @@ def test_a_cached_input_replaced_by_one_of_the_same_size_is_downloaded_again(s3_
     client.put_object(Bucket=bucket, Key="d/t.jsonl", Body=(json.dumps(changed) + "\n").encode())
     (second,), _ = load_splits(c)
     assert (first.messages[-1]["content"], second.messages[-1]["content"]) == ("4", "5")
+
+
+def test_a_restored_file_is_checked_against_its_manifest(s3_server, s3_env, tmp_path, capsys):
+    """Same size, other bytes: a stale local copy is downloaded again; a corrupt mirrored object is refused, naming its key."""
+    from sftjob_runtime.checkpoint_sync import config_digest, restore_checkpoints
+    from sftjob_runtime.export import export_checkpoint
+
+    bucket = s3_server.bucket("sft")
+    client = s3_server.client()
+    c = RunConfig(name="x", model=RunModel(source="m"), dataset=DatasetSpec(train="t.jsonl"),
+                  output=RunOutput(uri=f"s3://{bucket}/o", endpoint=s3_server.endpoint))
+    for step in (2, 4):
+        src = tmp_path / f"checkpoint-{step}"
+        src.mkdir()
+        (src / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        (src / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+        export_checkpoint(src, f"s3://{bucket}/o.checkpoints/checkpoint-{step}", endpoint=s3_server.endpoint,
+                          extra={"step": step, "config": config_digest(c)})
+    local = tmp_path / "local"
+    # A stale local file of the right size is not trusted: it is downloaded again and then matches.
+    (local / "checkpoint-2").mkdir(parents=True)
+    (local / "checkpoint-2" / "model.safetensors").write_bytes(b"\0" * 1024)
+    # The mirror's copy of checkpoint-4 is corrupt: bytes changed, same size.
+    client.put_object(Bucket=bucket, Key="o.checkpoints/checkpoint-4/model.safetensors", Body=b"\1" * 1024)
+    assert restore_checkpoints(c, local) == ["checkpoint-2"]
+    assert (local / "checkpoint-2" / "model.safetensors").read_bytes() == bytes(range(256)) * 4
+    assert not (local / "checkpoint-4").exists()
+    refused = [line for line in capsys.readouterr().err.splitlines() if "checkpoint_not_restored" in line]
+    assert len(refused) == 1 and f"s3://{bucket}/o.checkpoints/checkpoint-4/model.safetensors: its sha256 differs" in refused[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -24,7 +25,7 @@ from sftjob.runconfig import RunConfig
 from sftjob.vocabulary import ExitCode, Reason
 from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.events import emit
-from sftjob_runtime.export import MANIFEST, export_checkpoint
+from sftjob_runtime.export import MANIFEST, export_checkpoint, sha256_of
 from sftjob_runtime.sources import brief_error, download, s3_client, split_s3
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -63,6 +64,17 @@ def _remote_checkpoints(client, bucket: str, prefix: str) -> dict[str, list[str]
     return found
 
 
+def _verified(client, bucket: str, key: str, target: Path, entry: dict) -> bool:
+    """Download one mirrored file and check it against its manifest entry; one more download if it differs."""
+    for attempt in range(2):
+        # The first time a same-size local copy may be reused; the second always downloads.
+        download(client, bucket, key, target, entry["size"] if attempt == 0 else None)
+        if "sha256" not in entry or sha256_of(target) == entry["sha256"]:
+            return True
+    target.unlink(missing_ok=True)
+    return False
+
+
 def _storage_errors(fn):
     """S3 trouble while mirroring or restoring becomes one line naming spec.output.uri, never a traceback."""
     import functools
@@ -99,8 +111,15 @@ def restore_checkpoints(cfg: RunConfig, local: Path) -> list[str]:
                  message="it was saved by a run with a different configuration; starting from the base model")
             continue
         target = local / name
-        for entry in manifest["files"]:
-            download(client, bucket, f"{prefix}/{name}/{entry['path']}", target / entry["path"], entry["size"])
+        bad = next((key for entry in manifest["files"]
+                    if not _verified(client, bucket, key := f"{prefix}/{name}/{entry['path']}", target / entry["path"], entry)),
+                   None)
+        if bad is not None:
+            shutil.rmtree(target, ignore_errors=True)
+            emit("checkpoint_not_restored", level="warning", uri=f"{uri}/{name}",
+                 message=f"s3://{bucket}/{bad}: its sha256 differs from the checkpoint's manifest, also after a second "
+                         "download; this checkpoint is refused (an earlier one, or the base model, is used instead)")
+            continue
         restored.append(name)
     if restored:
         emit("checkpoints_restored", uri=uri, checkpoints=restored)

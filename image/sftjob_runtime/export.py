@@ -101,7 +101,7 @@ def export_checkpoint(src: Path, uri: str, *, endpoint: str | None = None, regio
 
 def build_manifest(src: Path, extra: dict | None = None) -> dict:
     """Relative path, size and sha256 of every file under src (a previous manifest excluded), plus extra keys."""
-    files = [{"path": rel, "size": (src / rel).stat().st_size, "sha256": _sha256(src / rel)} for rel in _files(src)]
+    files = [{"path": rel, "size": (src / rel).stat().st_size, "sha256": sha256_of(src / rel)} for rel in _files(src)]
     return {"files": files, **(extra or {})}
 
 
@@ -116,7 +116,8 @@ def _files(src: Path) -> list[str]:
     return rels
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(_READ), b""):
@@ -144,11 +145,11 @@ def _to_dir(src: Path, dest: Path, extra: dict) -> str:
     files = []
     for rel in rels:
         source, target = src / rel, dest / rel
-        entry = {"path": rel, "size": source.stat().st_size, "sha256": _sha256(source)}
+        entry = {"path": rel, "size": source.stat().st_size, "sha256": sha256_of(source)}
         files.append(entry)
         # A killed earlier run can leave a temp file beside an intact target.
         target.with_name(target.name + PARTIAL).unlink(missing_ok=True)
-        if target.is_file() and target.stat().st_size == entry["size"] and _sha256(target) == entry["sha256"]:
+        if target.is_file() and target.stat().st_size == entry["size"] and sha256_of(target) == entry["sha256"]:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         _copy_atomically(source, target)
@@ -232,7 +233,7 @@ def _to_s3(src: Path, uri: str, extra: dict, endpoint: str | None, region: str |
         # Largest first: hashing the small files overlaps with sending the big ones.
         for rel in sorted(rels, key=lambda r: -(src / r).stat().st_size):
             path = src / rel
-            entry = {"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)}
+            entry = {"path": rel, "size": path.stat().st_size, "sha256": sha256_of(path)}
             files.append(entry)
             if _holds(client, bucket, key(rel), path, entry):
                 continue
