@@ -232,6 +232,14 @@ class ResourcesSpec(_Model):
 
     gpus: int = Field(default=1, ge=0, le=16, description="GPUs per node (0 trains on CPU).")
     nodes: int = Field(default=1, ge=1, le=1, description="Nodes. Only single-node jobs are supported in v1alpha1.")
+    terminationGracePeriodSeconds: int | None = Field(
+        default=None, ge=30, le=86400,
+        description=(
+            "Seconds a pod gets after SIGTERM (preemption, a drain) to write its just-in-time checkpoint; the next pod "
+            "resumes at that step. Default: 900 with GPUs, 120 on CPU. The runtime warns when its checkpoint "
+            "(weights and optimizer state) may take longer to write."
+        ),
+    )
     gpuResource: str = Field(default="nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU.")
     cpu: Quantity = Field(default="8", description="CPU request and limit.")
     memory: Quantity = Field(default="64Gi", description="Memory request and limit.")

@@ -93,6 +93,8 @@ class ExitCode(IntEnum):
     DATASET = 3
     MODEL = 4
     SANITY_FAILED = 10
+    # Stopped by SIGTERM (preemption, a drain): the checkpoint it wrote is where the next pod resumes.
+    INTERRUPTED = 13
     DIVERGED = 11
     EXPORT_FAILED = 12
 
@@ -153,6 +155,8 @@ SECRET_FILES = {
 }
 ENV_TERMINATION_LOG = "SFTJOB_TERMINATION_LOG"
 ENV_PROGRESS_PORT = "SFTJOB_PROGRESS_PORT"
+# The pod's terminationGracePeriodSeconds, so the runtime can warn when its checkpoint needs longer.
+ENV_GRACE_SECONDS = "SFTJOB_TERMINATION_GRACE_SECONDS"
 
 
 def memory_hint(gradient_checkpointing: bool | None, lora: bool) -> str:

@@ -494,3 +494,12 @@ def test_render_of_the_local_quickstart_names_every_local_field():
     fields = [line.split(": ")[1] for line in r.stderr.strip().splitlines()]
     assert fields == ["spec.model.source", "spec.dataset.train", "spec.dataset.validation", "spec.output.uri"]
     assert "Traceback" not in r.stderr
+
+
+def test_the_pod_gets_time_to_write_its_just_in_time_checkpoint():
+    pod = rendered("base")[1]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 900  # GPU default, not Kubernetes' 30 s
+    assert env_of(pod["containers"][0])[vocab.ENV_GRACE_SECONDS]["value"] == "900"
+    assert rendered("cpu")[1]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+    custom = manifest(resources={"terminationGracePeriodSeconds": 1800})
+    assert render(job_of(custom), CONFIG)[1]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 1800

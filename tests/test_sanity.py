@@ -175,3 +175,29 @@ def test_a_good_prompt_completion_job_passes_with_a_preset(demo_model_dir, tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(r.stdout)
     assert report["passed"] is True and report["maskedRows"] == 0
+
+
+def test_sigterm_during_the_sanity_check_ends_with_its_own_outcome(tiny_model_dir, tmp_path):
+    """Nothing to checkpoint in the gate: SIGTERM ends it at once with Preempted and exit 13, never a traceback."""
+    import signal
+    import threading
+    import time
+
+    job = write_job(tmp_path, tiny_model_dir, sanity={"steps": 60, "samples": 16})
+    term = tmp_path / "term"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SFTJOB_EVENTS": "all", "SFTJOB_TERMINATION_LOG": str(term)}
+    proc = subprocess.Popen([sys.executable, "-m", "sftjob.cli", "sanity", str(job), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not any('"event": "train_log"' in line for line in list(seen)):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 13
+    reader.join(timeout=5)
+    assert "Traceback" not in "".join(seen)
+    outcome = Outcome.from_termination_message(term.read_text())
+    assert (outcome.ok, outcome.reason) == (False, "Preempted")

@@ -357,3 +357,69 @@ def test_preview_shows_only_the_completion_of_prompt_completion_rows(tiny_model_
     for shown, row in zip(json.loads(r.stdout), rows):
         assert shown["trained_text"] == [row["messages"][-1]["content"] + "<|im_end|>"]
         assert "an earlier answer" in shown["text"]  # context, rendered but not trained
+
+
+def _run_until_sigterm(job: Path, work: Path, term: Path, at_step: int) -> tuple[int, str]:
+    """Start `sftjob run`, send SIGTERM once it logged `at_step`; returns (exit code, stderr)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SFTJOB_EVENTS": "all", "SFTJOB_TERMINATION_LOG": str(term)}
+    proc = subprocess.Popen([sys.executable, "-m", "sftjob.cli", "run", str(job), "--output", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not any(f'"event": "train_log", "step": {at_step},' in line for line in list(seen)):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    reader.join(timeout=5)
+    return code, "".join(seen)
+
+
+@pytest.mark.parametrize("where", ["work-volume", "s3-mirror"])
+def test_sigterm_between_saves_writes_a_checkpoint_and_the_next_run_resumes_at_that_step(
+        where, tiny_model_dir, tmp_path, request):
+    """Preemption loses nothing: transformers' just-in-time checkpoint at the step SIGTERM arrived, then an exact resume.
+
+    On a work volume the next pod finds the checkpoint there; without one (`s3-mirror`) the
+    checkpoint is mirrored to S3 before the pod exits and the next pod, on an empty volume, restores it.
+    """
+    import shutil
+
+    training = {"maxSteps": 40, "evalSteps": 20, "saveSteps": 20, "learningRate": 1e-3}
+    job = write_job(tmp_path, tiny_model_dir, training=training)
+    if where == "s3-mirror":
+        s3_server = request.getfixturevalue("s3_server")
+        request.getfixturevalue("s3_env")
+        request.getfixturevalue("monkeypatch").setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
+        bucket = s3_server.bucket("sft")
+        spec = yaml.safe_load(job.read_text())
+        spec["spec"]["output"] = {"uri": f"s3://{bucket}/out/jit", "endpoint": s3_server.endpoint, "keepCheckpoints": True}
+        job.write_text(yaml.safe_dump(spec))
+    work, term = tmp_path / "work", tmp_path / "term"
+    code, stderr = _run_until_sigterm(job, work, term, at_step=6)
+    assert code == 13, stderr[-3000:]  # ExitCode.INTERRUPTED
+    assert "Traceback" not in stderr
+    outcome = Outcome.from_termination_message(term.read_text())
+    assert (outcome.ok, outcome.reason) == (False, "Preempted")
+    saved = sorted(int(p.name.split("-")[1]) for p in (work / "checkpoints").glob("checkpoint-*"))
+    assert len(saved) == 1 and 6 <= saved[0] < 20, saved  # the just-in-time checkpoint, between two regular saves
+    stopped_at = saved[0]
+    assert f"stopped by SIGTERM at step {stopped_at} of 40" in outcome.message
+    if where == "s3-mirror":
+        keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="out/jit.checkpoints/")["Contents"]}
+        assert f"out/jit.checkpoints/checkpoint-{stopped_at}/sftjob-manifest.json" in keys
+        shutil.rmtree(work)  # the next pod starts on an empty volume
+
+    assert run_cli("run", str(job), "--output", str(work), timeout=600).returncode == 0
+    report = json.loads((work / "report.json").read_text())
+    assert report["resumed_from"].endswith(f"checkpoint-{stopped_at}") and report["steps"] == 40
+    history = json.loads((work / "checkpoints" / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
+    steps = [e["step"] for e in history if "loss" in e]
+    assert steps[:stopped_at] == list(range(1, stopped_at + 1)) and steps[-1] == 40  # the curve continues, no gap

@@ -155,15 +155,20 @@ class CheckpointMirror(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         if self.uri is None or not state.is_world_process_zero:
             return
+        self.upload(args, state.global_step)
+
+    @_storage_errors
+    def upload(self, args, step: int) -> None:
+        """Mirror checkpoint-<step> (also the just-in-time one, which the trainer saves without on_save)."""
         local = Path(args.output_dir)
-        name = f"checkpoint-{state.global_step}"
+        name = f"checkpoint-{step}"
         export_checkpoint(local / name, f"{self.uri}/{name}", endpoint=self.cfg.output.endpoint,
                           region=self.cfg.output.region,
-                          extra={"step": state.global_step, "config": config_digest(self.cfg)})
+                          extra={"step": step, "config": config_digest(self.cfg)})
         keep = {p.name for p in local.iterdir() if CHECKPOINT_RE.match(p.name)}
         client = _client(self.cfg)
         bucket, prefix = _split(self.uri)
         for other, keys in _remote_checkpoints(client, bucket, prefix).items():
             if other not in keep:
                 _delete(client, bucket, keys)
-        emit("checkpoint_mirrored", uri=f"{self.uri}/{name}", step=state.global_step)
+        emit("checkpoint_mirrored", uri=f"{self.uri}/{name}", step=step)

@@ -81,12 +81,30 @@ def _sanity_json(result: SanityResult) -> None:
     print(json.dumps(result.model_dump(mode="json", exclude_none=True), indent=2))
 
 
+class _Terminated(Exception):
+    """SIGTERM outside training (loading, the sanity check, the export), where no checkpoint can be written."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
 def _guarded(fn):
     """Turn user-fixable failures into one line + exit code; log a traceback only for real bugs."""
 
     def wrapper(*args, **kwargs) -> int:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            # During training transformers' just-in-time checkpoint takes SIGTERM over (and gives it back).
+            signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
+        except _Terminated:
+            return _fail(Reason.PREEMPTED, "stopped by SIGTERM outside training (loading, the sanity check or the "
+                         "export), where there is nothing to checkpoint; the next pod runs this stage again",
+                         ExitCode.INTERRUPTED)
         except ManifestError as e:
             for line in e.errors[1:]:
                 print(f"error: {line}", file=sys.stderr)

@@ -195,7 +195,8 @@ def run_sanity(prep, state=None) -> SanityResult:
         rs = copy(r)
         rs.gradientAccumulationSteps, rs.warmupRatio, rs.evalSteps, rs.saveSteps = 1, 0.0, sc.steps, sc.steps * 10
         args = build_sft_config(cfg, rs, RunPaths(Path(tmp)), has_eval=False, max_steps=sc.steps, report=False,
-                                overrides={"logging_steps": 1, "save_strategy": "no", "lr_scheduler_type": "constant"})
+                                overrides={"logging_steps": 1, "save_strategy": "no", "lr_scheduler_type": "constant",
+                                           "enable_jit_checkpoint": False})
         Trainer = make_trainer_class()
         data = Dataset.from_list(records)
         trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=prep.tokenizer,

@@ -14,6 +14,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 from sftjob.runconfig import RunConfig
@@ -238,9 +239,12 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     callbacks = [monitor]
     # Building the arguments sets up the process group when torchrun started several processes.
     args = build_sft_config(cfg, r, paths, has_eval=eval_ds is not None)
+    mirror = CheckpointMirror(cfg) if mirror_uri(cfg) and main else None
+    if main:
+        _warn_if_grace_is_short(r, cfg, state)
     if mirror_uri(cfg):
         if main:
-            callbacks.append(CheckpointMirror(cfg))
+            callbacks.append(mirror)
             # A new pod on an empty volume picks up where the last one stopped.
             if not any(paths.checkpoints.glob("checkpoint-*")):
                 restore_checkpoints(cfg, paths.checkpoints)
@@ -272,7 +276,17 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     else:
         emit("resume", checkpoint=last)
     state.update(stage="training")
+    sigterm = _note_sigterm()
     out = trainer.train(resume_from_checkpoint=last)
+    planned = trainer.state.max_steps
+    jit = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
+    if sigterm and planned and trainer.state.global_step < planned and jit is not None:
+        # Stopped early by SIGTERM: transformers wrote a just-in-time checkpoint (before the step it interrupted).
+        step = _step_of(jit)
+        if mirror is not None:
+            mirror.upload(args, step)
+        raise RuntimeFailure(Reason.PREEMPTED, f"stopped by SIGTERM at step {step} of {planned}: checkpoint-{step} is saved "
+                             "and the next pod resumes from it", ExitCode.INTERRUPTED)
     if monitor.diverged:
         raise RuntimeFailure(Reason.TRAINING_DIVERGED, f"training diverged: {monitor.diverged}; lower spec.training.learningRate",
                              ExitCode.DIVERGED)
@@ -313,6 +327,48 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
         paths.report.write_text(json.dumps(result.as_dict(), indent=2, default=str))
     state.update(stage="exporting", bestEvalLoss=result.best_eval_loss, bestStep=best_step)
     return result
+
+
+# Bytes per trained parameter of a checkpoint's optimizer state plus fp32 master copy (AdamW), on top of
+# 2 bytes per parameter of weights, and a write rate a network volume sustains: a conservative estimate.
+CHECKPOINT_BYTES_PER_PARAMETER = 12
+CHECKPOINT_WRITE_RATE = 200e6
+
+
+def _warn_if_grace_is_short(r: Resolved, cfg: RunConfig, state: ProgressState) -> None:
+    """A warning (log and status) when the pod's grace period looks too short for its checkpoint."""
+    from sftjob.vocabulary import ENV_GRACE_SECONDS
+
+    grace = os.environ.get(ENV_GRACE_SECONDS)
+    if not grace:
+        return
+    trained = r.parameters if cfg.training.lora is None else r.parameters // 100  # adapters: ~1 %
+    seconds = (r.parameters * 2 + trained * CHECKPOINT_BYTES_PER_PARAMETER) / CHECKPOINT_WRITE_RATE
+    if seconds > 0.8 * float(grace):
+        message = (f"the just-in-time checkpoint may need ~{seconds:.0f} s to write, more than the pod's "
+                   f"terminationGracePeriodSeconds ({grace} s) allows; raise spec.resources.terminationGracePeriodSeconds")
+        emit("training_warning", level="warning", kind="grace_period_short", message=message)
+        state.warn(f"grace_period_short: {message}")
+
+
+def _note_sigterm() -> list[int]:
+    """A list that gets an entry when SIGTERM arrives, chained in front of the handler in place (the trainer's
+    just-in-time checkpoint), so an early stop is known to be a preemption, not inferred."""
+    import signal
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return received
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def noted(signum, frame):
+        received.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, noted)
+    return received
 
 
 def _wait_for_everyone() -> None:

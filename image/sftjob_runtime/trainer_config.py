@@ -126,6 +126,10 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
         disable_tqdm=False,
         dataset_num_proc=None,
     )
+    if "enable_jit_checkpoint" in SFTConfig.__dataclass_fields__:
+        # transformers' just-in-time checkpoint: on SIGTERM (preemption, a drain) it saves at the next step
+        # boundary and stops, so the next pod resumes where this one was stopped.
+        arguments["enable_jit_checkpoint"] = True
     arguments.update(overrides or {})
     return SFTConfig(**arguments)
 

@@ -36,6 +36,8 @@ OUTPUT_DIR = f"{vocab.WORK_DIR}/output"
 HF_HOME = f"{vocab.WORK_DIR}/.cache/huggingface"
 # Above 10000 so it never maps to a host user (and CKV_K8S_40 holds); the image's user has it too.
 RUN_AS_USER = 65532
+# Kubernetes' default of 30 s cannot write a GPU job's checkpoint (an 8B full fine-tune with AdamW is ~100 GB).
+DEFAULT_GRACE_GPU, DEFAULT_GRACE_CPU = 900, 120
 COMPONENT_RUN_CONFIG = "run-config"
 COMPONENT_TRAINING = "training"
 APP_NAME = "sftjob"
@@ -216,6 +218,8 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: dict[str, bool]) ->
     image = s.image or config.image
     pod: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; retries are the Job's
+        # Time to write the just-in-time checkpoint after SIGTERM (the runtime warns when it looks short).
+        "terminationGracePeriodSeconds": grace_seconds(job),
         "automountServiceAccountToken": False,  # training pods get no API credentials
         "enableServiceLinks": False,
         "securityContext": {
@@ -263,6 +267,14 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: dict[str, bool]) ->
         },
         "spec": pod,
     }
+
+
+def grace_seconds(job: SFTJob) -> int:
+    """The pod's terminationGracePeriodSeconds: the spec's, else a default for GPU or CPU jobs."""
+    r = job.spec.resources
+    if r.terminationGracePeriodSeconds is not None:
+        return r.terminationGracePeriodSeconds
+    return DEFAULT_GRACE_GPU if r.gpus > 0 else DEFAULT_GRACE_CPU
 
 
 def _container(name: str, image: str, config: OperatorConfig, command: list[str], env: list[dict],
@@ -326,6 +338,7 @@ def _env(job: SFTJob, config: OperatorConfig) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": vocab.ENV_PROGRESS_PORT, "value": str(config.progress_port)},
         {"name": vocab.ENV_TERMINATION_LOG, "value": vocab.TERMINATION_LOG},
+        {"name": vocab.ENV_GRACE_SECONDS, "value": str(grace_seconds(job))},
     ]
     files = _secret_files(job)
     if files:
