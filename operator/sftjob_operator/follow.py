@@ -90,6 +90,7 @@ class Follower:
         self._progress: dict[Key, tuple[str | None, Progress]] = {}
         self._retries: dict[Key, asyncio.Task[None]] = {}
         self._attempts: dict[Key, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def attach(self, sftjobs: Mapping[Key, Any], jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
         """Use these kopf indexes (key -> store of slim objects) as the view of the cluster."""
@@ -300,13 +301,24 @@ class Follower:
         if done is not None:
             logger.info("%s Job %s", "suspended" if suspend else "resumed", job_name)
 
-    async def job_deleted(self, key: Key, job_name: str) -> None:
+    async def job_deleted(self, key: Key, job_name: str, attempt: int = 0) -> None:
         """A Job of ours was deleted: an SFTJob still waiting on it can never finish, so it fails (and says why)."""
         async with self._lock(key):
             sft = self._sftjob(key)
             if sft is None:
                 return  # the SFTJob itself is gone: the garbage collector removed its Job
             status = self._so_far(key, sft)
+            if not status.get("jobName") and attempt < 10:
+                # The create handler's status write (status.jobName) may not have reached the watched
+                # copy yet: look again shortly rather than miss the deletion.
+                async def again() -> None:
+                    await asyncio.sleep(0.5)
+                    await self.job_deleted(key, job_name, attempt + 1)
+
+                task = asyncio.get_running_loop().create_task(again(), name=f"job deleted {key}")
+                self._background.add(task)  # the loop keeps only a weak reference
+                task.add_done_callback(self._background.discard)
+                return
             if status.get("jobName") == job_name and status.get("phase") not in _TERMINAL:
                 await self._write(key, sft, status, job_lost_status(status, job_name))
 
