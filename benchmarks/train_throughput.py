@@ -33,7 +33,7 @@ def build(args):
     """The runtime's prepared run for the quickstart job, with the benchmark's batch settings."""
     from sftjob.manifest import load_sftjob
     from sftjob.runconfig import RunConfig
-    from sftjob_runtime.train import prepare_run
+    from sftjob_runtime.prepare import prepare_run
 
     job = load_sftjob(ROOT / "examples" / "quickstart.yaml")
     cfg = RunConfig.from_sftjob(job)
@@ -54,7 +54,7 @@ def make_trainer(prep, steps: int, workdir: Path):
     from datasets import Dataset
 
     from sftjob_runtime.callbacks import TokenCounter
-    from sftjob_runtime.train import _load_model, make_trainer_class
+    from sftjob_runtime.trainer import load_model, make_trainer_class
     from sftjob_runtime.trainer_config import RunPaths, build_sft_config
 
     r = prep.resolved
@@ -64,7 +64,7 @@ def make_trainer(prep, steps: int, workdir: Path):
     args.train_sampling_strategy = "sequential"
     args.disable_tqdm = True
     args.logging_steps = steps
-    model = _load_model(prep.cfg, prep.model_path, r.dtype, r.attention)
+    model = load_model(prep.cfg, prep.model_path, r.dtype, r.attention)
     counter = TokenCounter()
     cls = make_trainer_class()
     return cls(model=model, args=args, train_dataset=Dataset.from_list(prep.train.records()), processing_class=prep.tokenizer,
@@ -108,10 +108,10 @@ def run_plain(prep, batches: list[dict], warmup: int) -> dict:
     """A plain forward + backward + AdamW loop over the same batches."""
     import torch
 
-    from sftjob_runtime.train import _load_model
+    from sftjob_runtime.trainer import load_model
 
     r = prep.resolved
-    model = _load_model(prep.cfg, prep.model_path, r.dtype, r.attention)
+    model = load_model(prep.cfg, prep.model_path, r.dtype, r.attention)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=r.learningRate, weight_decay=r.weightDecay, fused=True)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if r.dtype == "bfloat16" else None

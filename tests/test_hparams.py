@@ -103,3 +103,33 @@ def test_save_steps_alone_sets_the_eval_cadence():
     t = TrainingSpec(perDeviceBatchSize=4, effectiveBatchSize=8, epochs=1, saveSteps=7)
     r = plan_steps(resolve(t, int(135e6), 1), t, train_rows=300)
     assert (r.evalSteps, r.saveSteps) == (7, 7) and r.origin["evalSteps"] == "default:saveSteps"
+
+
+@pytest.mark.parametrize(("params", "lora", "grace", "warned"), [
+    (int(8e9), False, 120, True),     # a full 8B checkpoint (~112 GB with AdamW, ~9 min) is not written in 2 minutes
+    (int(8e9), False, 900, False),    # ... but in the GPU default of 15
+    (int(70e9), False, 900, True),    # a full 70B one (~80 min) needs a longer grace period
+    (int(70e9), True, 900, False),    # its LoRA checkpoint (weights + 1 % trained) does not
+    (int(135e6), False, 120, False),  # the demo model's in seconds
+])
+def test_a_grace_period_too_short_for_the_checkpoint_is_a_status_warning(params, lora, grace, warned, monkeypatch):
+    from sftjob.runconfig import RunConfig, RunModel, RunOutput
+    from sftjob.spec import DatasetSpec, LoraSpec
+    from sftjob.vocabulary import ENV_GRACE_SECONDS
+    from sftjob_runtime.progress_server import ProgressState
+    from sftjob_runtime.train import warn_if_grace_is_short
+
+    training = TrainingSpec(lora=LoraSpec() if lora else None)
+    cfg = RunConfig(name="g", model=RunModel(source="m"), dataset=DatasetSpec(train="t.jsonl"), training=training,
+                    output=RunOutput(uri="/o"))
+    r = resolve(training, params, devices=1)
+    state = ProgressState()
+    monkeypatch.setenv(ENV_GRACE_SECONDS, str(grace))
+    message = warn_if_grace_is_short(r, cfg, state)
+    assert (message is not None) == warned
+    if warned:
+        assert message.endswith(f"terminationGracePeriodSeconds ({grace} s) allows; raise "
+                                "spec.resources.terminationGracePeriodSeconds")
+        assert state.snapshot().warnings == [f"grace_period_short: {message}"]
+    monkeypatch.delenv(ENV_GRACE_SECONDS)
+    assert warn_if_grace_is_short(r, cfg, ProgressState()) is None  # outside a pod nothing is known of a grace period

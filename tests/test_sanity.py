@@ -12,7 +12,7 @@ import yaml
 
 from sftjob.report import Outcome
 from sftjob_runtime.sanity import garbled
-from tests.test_train import write_job
+from tests.support.jobs import write_job
 
 # The gate trains real steps (the data checks load a tokenizer and tokenize the data first).
 pytestmark = pytest.mark.slow

@@ -114,7 +114,8 @@ def test_preempted_run_resumes_from_checkpoints_mirrored_on_s3(s3_server, s3_env
 
     from sftjob.runconfig import load_run_config
     from sftjob_runtime.entrypoint import run
-    from sftjob_runtime.train import prepare_run, train
+    from sftjob_runtime.prepare import prepare_run
+    from sftjob_runtime.train import train
 
     monkeypatch.setenv("SFTJOB_CACHE_DIR", str(tmp_path / "cache"))
     bucket = s3_server.bucket("sft")

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from sftjob_runtime.errors import one_line
+
 FORMATS = ("auto", "messages", "prompt-completion")
 TRAIN_ON = ("all-assistant", "last-assistant")
 ROLES = ("system", "user", "assistant")
@@ -68,7 +70,7 @@ class DatasetError(ValueError):
     """
 
     def __init__(self, errors: Iterable[str], total: int | None = None) -> None:
-        self.errors = [_one_line(e) for e in errors]
+        self.errors = [one_line(e) for e in errors]
         if not self.errors:
             raise ValueError("DatasetError needs at least one error")
         self.total = max(total if total is not None else 0, len(self.errors))
@@ -263,7 +265,7 @@ def _parquet_rows(file: Path, shown: str, collector: _Collector) -> Iterator[tup
     try:
         table = pq.read_table(file)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-        collector.add(f"{shown}: not a readable Parquet file ({_one_line(str(exc))})")
+        collector.add(f"{shown}: not a readable Parquet file ({one_line(str(exc))})")
         return
     for index, row in enumerate(table.to_pylist()):
         yield f"{shown}:#{index}", row
@@ -394,11 +396,6 @@ def _kind(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
              int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
-
-
-def _one_line(text: str) -> str:
-    # Error lines go to logs, status conditions and terminals: never multi-line.
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def _suffix_list() -> str:

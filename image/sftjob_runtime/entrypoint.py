@@ -22,7 +22,7 @@ from sftjob.manifest import ManifestError
 from sftjob.report import BestCheckpoint, Outcome, SanityResult
 from sftjob.runconfig import RunConfig, load_run_config
 from sftjob.vocabulary import ENV_TERMINATION_LOG, TERMINATION_LOG, ExitCode, Reason, memory_hint
-from sftjob_runtime.errors import RuntimeFailure
+from sftjob_runtime.errors import RuntimeFailure, one_line
 from sftjob_runtime.events import emit
 from sftjob_runtime.progress_server import ProgressState, serve_from_env
 
@@ -155,7 +155,7 @@ def sanity(file: str, as_json: bool = False) -> int:
     """Run the sanity check alone; exit 0 when it passes, SANITY_FAILED when it does not."""
     _quiet_libraries()
     from sftjob_runtime.sanity import run_sanity
-    from sftjob_runtime.train import prepare_run
+    from sftjob_runtime.prepare import prepare_run
 
     state = ProgressState()
     server = serve_from_env(state)
@@ -202,7 +202,8 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
     from sftjob_runtime.export import export_checkpoint
     from sftjob_runtime.hardware import is_main_process
     from sftjob_runtime.sanity import run_sanity
-    from sftjob_runtime.train import prepare_run, train
+    from sftjob_runtime.prepare import prepare_run
+    from sftjob_runtime.train import train
 
     cfg, base = _load(file)
     work = Path(output_dir) if output_dir else Path.cwd() / "runs" / cfg.name
@@ -302,12 +303,9 @@ def _print_resolved(prep) -> None:
         print(f"  chosen by model size / defaults: {', '.join(defaults)}")
 
 
-def _one_line(text: str | None, limit: int = 160) -> str:
+def _sample_line(text: str | None) -> str:
     """A generation squeezed onto one summary line."""
-    if text is None:
-        return "n/a (resumed run)"
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return "n/a (resumed run)" if text is None else one_line(text, limit=160)
 
 
 def _print_summary(res, dest: str, tidied: dict) -> None:
@@ -325,8 +323,8 @@ def _print_summary(res, dest: str, tidied: dict) -> None:
         "checkpoints: pruned after the export (spec.output.keepCheckpoints: true keeps them)"
         if tidied["checkpoints"] == "pruned" else f"checkpoints: kept in {tidied['checkpointsDir']}",
         f"sample prompt: {prompt}",
-        f"  before: {_one_line(res.sample_before)}",
-        f"  after:  {_one_line(res.sample_after)}",
+        f"  before: {_sample_line(res.sample_before)}",
+        f"  after:  {_sample_line(res.sample_after)}",
     ]
     if res.warnings:
         lines.append(f"warnings ({len(res.warnings)}):")

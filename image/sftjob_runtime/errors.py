@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from sftjob.vocabulary import ExitCode, Reason
 
 
@@ -13,3 +15,16 @@ class RuntimeFailure(Exception):
         self.reason = reason
         self.exit_code = exit_code
         self.sanity = sanity  # a SanityResult when the sanity gate's own checks found it
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """Text fit for a log line, a status condition or a terminal: one line, any secret from the environment blanked.
+
+    Longer than `limit` characters, it is cut with an ellipsis.
+    """
+    flat = " ".join(str(text).split())
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        secret = os.environ.get(var)
+        if secret and len(secret) >= 4:
+            flat = flat.replace(secret, "***")
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"

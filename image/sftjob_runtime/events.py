@@ -28,5 +28,7 @@ def emit(event: str, level: str = "info", **fields) -> dict:
     """Write one structured event (warnings always; info events unless on a terminal) and return it."""
     record = {"ts": round(time.time(), 3), "level": level, "event": event, **fields}
     if level != "info" or _verbose():
-        print(PREFIX + json.dumps(record, default=str), file=sys.stderr, flush=True)
+        # One write per line: the checkpoint mirror's thread emits too, and lines must not interleave.
+        sys.stderr.write(PREFIX + json.dumps(record, default=str) + "\n")
+        sys.stderr.flush()
     return record

@@ -175,3 +175,15 @@ def count_parameters(model_dir_or_id: str, *, revision: str = "main", trust_remo
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+# Bytes per trained parameter in a checkpoint: 2 of weights plus 12 of AdamW state and fp32 master copy;
+# and a write rate a network volume sustains: a conservative estimate.
+CHECKPOINT_BYTES_PER_PARAMETER = 2 + 12
+CHECKPOINT_WRITE_RATE = 200e6
+
+
+def checkpoint_write_seconds(parameters: int, *, lora: bool) -> float:
+    """How long writing one checkpoint may take. A LoRA checkpoint holds only the adapters (~1 % of the parameters)."""
+    trained = parameters // 100 if lora else parameters
+    return trained * CHECKPOINT_BYTES_PER_PARAMETER / CHECKPOINT_WRITE_RATE

@@ -1,4 +1,4 @@
-"""From a run config to tokenized, label-masked training and validation rows.
+"""From a run config to tokenized, label-masked rows and resolved hyperparameters: every check that needs no weights.
 
 Shared by `sftjob preview`, the sanity check and training, so that what a
 user previews is exactly what the trainer gets. Rows are tokenized and
@@ -16,8 +16,11 @@ from pathlib import Path
 
 from sftjob.runconfig import RunConfig
 from sftjob.vocabulary import ENV_HF_TOKEN, ExitCode, Reason
+from sftjob_runtime import hardware as hw_mod
 from sftjob_runtime.data import DatasetError, Example, load_examples, split_validation
 from sftjob_runtime.errors import RuntimeFailure
+from sftjob_runtime.events import emit
+from sftjob_runtime.hparams import Resolved, count_parameters, plan_steps, resolve
 
 
 @dataclass
@@ -174,3 +177,54 @@ def tokenize_split(masker, examples: list[Example], max_length: int) -> Prepared
         if row.num_trained_tokens == 0:
             split.all_masked.append(ex.source)
     return split
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the first step."""
+
+    cfg: RunConfig
+    model_path: str
+    tokenizer: object
+    train: PreparedSplit
+    val: PreparedSplit
+    resolved: Resolved
+    hardware: hw_mod.Hardware
+    end_of_turn: str | None = None  # the text that ends an assistant turn, where the masker knows it
+
+
+def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
+    """Hardware, tokenizer, data, masking and hyperparameters: all checks that need no weights."""
+    hw = hw_mod.detect_hardware()
+    dtype = hw_mod.choose_dtype(cfg.model.dtype, hw)
+    attention = hw_mod.choose_attention(cfg.model.attention, hw, dtype)
+    hw_mod.check_quantization(cfg.model.quantization, hw)
+    model_path = localize_model(cfg, base)
+    tokenizer, masker = load_tokenizer(cfg, model_path)
+    train_ex, val_ex = load_splits(cfg, base)
+    train = tokenize_split(masker, train_ex, cfg.training.maxSeqLength)
+    val = tokenize_split(masker, val_ex, cfg.training.maxSeqLength)
+    if not train.records():
+        # Nothing left to train on: say why (every answer truncated away, empty answers, ...), with the counts.
+        from sftjob_runtime.sanity import data_findings, failure
+
+        raise failure(data_findings(cfg, train, tokenizer, masker.end_of_turn))
+    if val_ex and not val.records():
+        raise RuntimeFailure(Reason.DATASET_SCHEMA, "no validation row has a token to train on", ExitCode.DATASET)
+    try:
+        params = count_parameters(model_path, revision=cfg.model.revision, trust_remote_code=cfg.model.trustRemoteCode, token=hf_token())
+    except OSError as e:
+        raise model_error(cfg.model.source, e) from None
+    # The processes actually running (torchrun's WORLD_SIZE), so a manifest written for
+    # 8 GPUs run locally on one device keeps its effective batch through accumulation.
+    r = resolve(cfg.training, params, hw_mod.world_size())
+    r.dtype, r.attention = dtype, attention
+    r.gradientCheckpointing = hw_mod.choose_checkpointing(cfg.training.gradientCheckpointing, hw)
+    plan_steps(r, cfg.training, len(train.records()))
+    for name, split in (("train", train), ("validation", val)):
+        if split.truncated:
+            emit("data_truncated", level="warning", split=name, rows=split.truncated, max_seq_length=cfg.training.maxSeqLength)
+        if split.all_masked:
+            emit("data_all_masked", level="warning", split=name, rows=len(split.all_masked), examples=split.all_masked[:5],
+                 message="these rows have no assistant token within maxSeqLength and are not trained on")
+    return Prepared(cfg, model_path, tokenizer, train, val, r, hw, masker.end_of_turn)

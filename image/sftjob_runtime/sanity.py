@@ -150,7 +150,7 @@ def run_sanity(prep, state=None) -> SanityResult:
 
     from sftjob_runtime.callbacks import MonitorCallback, TokenCounter
     from sftjob_runtime.progress_server import ProgressState
-    from sftjob_runtime.train import _load_model, generate_sample, make_trainer_class
+    from sftjob_runtime.trainer import build_trainer, generate_sample, load_model
     from sftjob_runtime.trainer_config import RunPaths, build_sft_config
 
     cfg, r = prep.cfg, prep.resolved
@@ -187,21 +187,11 @@ def run_sanity(prep, state=None) -> SanityResult:
             super().on_log(args, st, control, logs=logs, **kw)
 
     with tempfile.TemporaryDirectory(prefix="sftjob-sanity-") as tmp:
-        model = _load_model(cfg, prep.model_path, r.dtype, r.attention)
+        model = load_model(cfg, prep.model_path, r.dtype, r.attention)
         counter = TokenCounter()
-        # Full-batch steps on a small set: accumulation is not needed to see the loss move.
-        from copy import copy
-
-        rs = copy(r)
-        rs.gradientAccumulationSteps, rs.warmupRatio, rs.evalSteps, rs.saveSteps = 1, 0.0, sc.steps, sc.steps * 10
-        args = build_sft_config(cfg, rs, RunPaths(Path(tmp)), has_eval=False, max_steps=sc.steps, report=False,
-                                overrides={"logging_steps": 1, "save_strategy": "no", "lr_scheduler_type": "constant",
-                                           "enable_jit_checkpoint": False})
-        Trainer = make_trainer_class()
+        args = build_sft_config(cfg, r, RunPaths(Path(tmp)), has_eval=False, sanity_steps=sc.steps)
         data = Dataset.from_list(records)
-        trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=prep.tokenizer,
-                          callbacks=[_Record(state, counter, stage="sanity")], token_counter=counter,
-                          fused_head=prep.hardware.device == "cuda")
+        trainer = build_trainer(prep, args, model, data, data, [_Record(state, counter, stage="sanity")], counter)
         # Judge on the same rows before and after: per-step losses come from different
         # batches and would compare unlike with unlike.
         initial = float(trainer.evaluate()["eval_loss"])

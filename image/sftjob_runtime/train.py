@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
 
 from sftjob.runconfig import RunConfig
@@ -24,12 +24,13 @@ from sftjob_runtime.callbacks import MonitorCallback, TokenCounter
 from sftjob_runtime.checkpoint_sync import CheckpointMirror, mirror_uri, restore_checkpoints
 from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.events import emit
-from sftjob_runtime.hparams import Resolved, count_parameters, plan_steps, resolve
-from sftjob_runtime.prepare import PreparedSplit, hf_token, load_splits, load_tokenizer, localize_model, model_error, tokenize_split
+from sftjob_runtime.hparams import Resolved, checkpoint_write_seconds
+from sftjob_runtime.prepare import Prepared, prepare_run
 from sftjob_runtime.progress_server import ProgressState
-from sftjob_runtime.trainer_config import RunPaths, build_sft_config
+from sftjob_runtime.trainer import build_trainer, generate_sample, load_model
+from sftjob_runtime.trainer_config import RunPaths, build_sft_config, configure_metric_sinks
 
-SAMPLE_MAX_NEW_TOKENS = 64
+__all__ = ["Prepared", "TrainResult", "prepare_run", "train"]
 
 
 @dataclass
@@ -61,159 +62,6 @@ class TrainResult:
         return asdict(self)
 
 
-def make_trainer_class():
-    """SFTTrainer with token counting and, where it is faster, the plain transformers loss.
-
-    TRL's fused LM head saves memory on GPUs, but on CPUs without Triton it
-    runs full-vocabulary fp32 ops and recomputes logits in backward (~0.7x
-    the tokens/s of a plain loop in bf16, DESIGN.md section 9). So on CPU
-    the loss comes from the model's own forward (same value to ~1e-6).
-    """
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class SFTJobTrainer(SFTTrainer):
-        def __init__(self, *args, token_counter: TokenCounter, fused_head: bool, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.token_counter = token_counter
-            self.fused_head = fused_head
-
-        def create_model_card(self, *args, **kwargs):
-            # TRL's hub model card lands in the checkpoint folder, not in the exported model, and
-            # asks the W&B run for its URL, which an offline run warns it lacks at every save.
-            return None
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training:
-                if "attention_mask" in inputs:
-                    self.token_counter.tokens += int(inputs["attention_mask"].sum())
-                elif "position_ids" in inputs:
-                    self.token_counter.tokens += int(inputs["position_ids"].numel())
-            if self.fused_head:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # Packed (padding-free) batches must not use the KV cache, or sequences attend to each other.
-            inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-
-    return SFTJobTrainer
-
-
-def _load_model(cfg: RunConfig, model_path: str, dtype: str, attention: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    kwargs = dict(
-        revision=cfg.model.revision,
-        trust_remote_code=cfg.model.trustRemoteCode,
-        token=hf_token(),
-        dtype=getattr(torch, dtype),
-        attn_implementation=attention,
-    )
-    if cfg.model.quantization != "none":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=cfg.model.quantization == "4bit",
-            load_in_8bit=cfg.model.quantization == "8bit",
-            bnb_4bit_compute_dtype=getattr(torch, dtype),
-            bnb_4bit_quant_type="nf4",
-        )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    except OSError as e:
-        raise model_error(cfg.model.source, e) from None
-    lora = cfg.training.lora
-    if lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        # PEFT recognises the "all-linear" shorthand only as a plain string.
-        targets = list(lora.targetModules)
-        target_modules = targets[0] if targets == ["all-linear"] else targets
-        model = get_peft_model(
-            model,
-            LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                       target_modules=target_modules, task_type="CAUSAL_LM"),
-        )
-    return model
-
-
-def generate_sample(model, tokenizer, messages: list[dict]) -> str:
-    """Greedy completion of one prompt (the conversation up to its last assistant turn)."""
-    import torch
-
-    prompt = messages
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i]["role"] == "assistant":
-            prompt = messages[:i]
-            break
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids["input_ids"].to(device),
-            attention_mask=ids["attention_mask"].to(device),
-            max_new_tokens=SAMPLE_MAX_NEW_TOKENS,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )
-    if was_training:
-        model.train()
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-
-
-@dataclass
-class Prepared:
-    """Everything decided before the first step."""
-
-    cfg: RunConfig
-    model_path: str
-    tokenizer: object
-    train: PreparedSplit
-    val: PreparedSplit
-    resolved: Resolved
-    hardware: hw_mod.Hardware
-    end_of_turn: str | None = None  # the text that ends an assistant turn, where the masker knows it
-
-
-def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
-    """Hardware, tokenizer, data, masking and hyperparameters: all checks that need no weights."""
-    hw = hw_mod.detect_hardware()
-    dtype = hw_mod.choose_dtype(cfg.model.dtype, hw)
-    attention = hw_mod.choose_attention(cfg.model.attention, hw, dtype)
-    hw_mod.check_quantization(cfg.model.quantization, hw)
-    model_path = localize_model(cfg, base)
-    tokenizer, masker = load_tokenizer(cfg, model_path)
-    train_ex, val_ex = load_splits(cfg, base)
-    train = tokenize_split(masker, train_ex, cfg.training.maxSeqLength)
-    val = tokenize_split(masker, val_ex, cfg.training.maxSeqLength)
-    if not train.records():
-        # Nothing left to train on: say why (every answer truncated away, empty answers, ...), with the counts.
-        from sftjob_runtime.sanity import data_findings, failure
-
-        raise failure(data_findings(cfg, train, tokenizer, masker.end_of_turn))
-    if val_ex and not val.records():
-        raise RuntimeFailure(Reason.DATASET_SCHEMA, "no validation row has a token to train on", ExitCode.DATASET)
-    try:
-        params = count_parameters(model_path, revision=cfg.model.revision, trust_remote_code=cfg.model.trustRemoteCode, token=hf_token())
-    except OSError as e:
-        raise model_error(cfg.model.source, e) from None
-    # The processes actually running (torchrun's WORLD_SIZE), so a manifest written for
-    # 8 GPUs run locally on one device keeps its effective batch through accumulation.
-    r = resolve(cfg.training, params, hw_mod.world_size())
-    r.dtype, r.attention = dtype, attention
-    r.gradientCheckpointing = hw_mod.choose_checkpointing(cfg.training.gradientCheckpointing, hw)
-    plan_steps(r, cfg.training, len(train.records()))
-    for name, split in (("train", train), ("validation", val)):
-        if split.truncated:
-            emit("data_truncated", level="warning", split=name, rows=split.truncated, max_seq_length=cfg.training.maxSeqLength)
-        if split.all_masked:
-            emit("data_all_masked", level="warning", split=name, rows=len(split.all_masked), examples=split.all_masked[:5],
-                 message="these rows have no assistant token within maxSeqLength and are not trained on")
-    return Prepared(cfg, model_path, tokenizer, train, val, r, hw, masker.end_of_turn)
-
-
 def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) -> TrainResult:
     """Train, evaluate before/after, keep the best checkpoint in work_dir/best and write report.json."""
     from datasets import Dataset
@@ -230,7 +78,7 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
         emit("resolved", **{k: v for k, v in r.as_dict().items() if k != "origin"})
 
     state.update(stage="loading")
-    model = _load_model(cfg, prep.model_path, r.dtype, r.attention)
+    model = load_model(cfg, prep.model_path, r.dtype, r.attention)
     train_ds = Dataset.from_list(prep.train.records())
     val_records = prep.val.records()
     eval_ds = Dataset.from_list(val_records) if val_records else None
@@ -239,9 +87,10 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     callbacks = [monitor]
     # Building the arguments sets up the process group when torchrun started several processes.
     args = build_sft_config(cfg, r, paths, has_eval=eval_ds is not None)
-    mirror = CheckpointMirror(cfg) if mirror_uri(cfg) and main else None
+    configure_metric_sinks(cfg, paths)
+    mirror = CheckpointMirror(cfg, state) if mirror_uri(cfg) and main else None
     if main:
-        _warn_if_grace_is_short(r, cfg, state)
+        warn_if_grace_is_short(r, cfg, state)
     if mirror_uri(cfg):
         if main:
             callbacks.append(mirror)
@@ -249,20 +98,7 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
             if not any(paths.checkpoints.glob("checkpoint-*")):
                 restore_checkpoints(cfg, paths.checkpoints)
         _wait_for_everyone()  # every rank must see the restored checkpoints before it looks for them
-    Trainer = make_trainer_class()
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=prep.tokenizer,
-        callbacks=callbacks,
-        token_counter=counter,
-        fused_head=prep.hardware.device == "cuda",
-    )
-    # First in line, so the tokens/s (and GPU memory) it adds to each log reach TensorBoard and W&B too.
-    trainer.callback_handler.callbacks.remove(monitor)
-    trainer.callback_handler.callbacks.insert(0, monitor)
+    trainer = build_trainer(prep, args, model, train_ds, eval_ds, callbacks, counter)
     sample_msgs = prep.val.examples[0].messages if prep.val.examples else prep.train.examples[0].messages
     last = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
     before = None
@@ -277,12 +113,18 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
         emit("resume", checkpoint=last)
     state.update(stage="training")
     sigterm = _note_sigterm()
-    out = trainer.train(resume_from_checkpoint=last)
+    try:
+        out = trainer.train(resume_from_checkpoint=last)
+    finally:
+        if mirror is not None:
+            mirror.close()  # the uploads in flight finish before anything else (the export, a JIT upload, an exit)
     planned = trainer.state.max_steps
     jit = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
     if sigterm and planned and trainer.state.global_step < planned and jit is not None:
         # Stopped early by SIGTERM: transformers wrote a just-in-time checkpoint (before the step it interrupted).
         step = _step_of(jit)
+        if main:
+            _complete_log_history(Path(jit), trainer.state.log_history, step)
         if mirror is not None:
             mirror.upload(args, step)
         raise RuntimeFailure(Reason.PREEMPTED, f"stopped by SIGTERM at step {step} of {planned}: checkpoint-{step} is saved "
@@ -329,26 +171,21 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     return result
 
 
-# Bytes per trained parameter of a checkpoint's optimizer state plus fp32 master copy (AdamW), on top of
-# 2 bytes per parameter of weights, and a write rate a network volume sustains: a conservative estimate.
-CHECKPOINT_BYTES_PER_PARAMETER = 12
-CHECKPOINT_WRITE_RATE = 200e6
-
-
-def _warn_if_grace_is_short(r: Resolved, cfg: RunConfig, state: ProgressState) -> None:
-    """A warning (log and status) when the pod's grace period looks too short for its checkpoint."""
+def warn_if_grace_is_short(r: Resolved, cfg: RunConfig, state: ProgressState) -> str | None:
+    """A warning (log and status) when the pod's grace period looks too short for its checkpoint; returns it."""
     from sftjob.vocabulary import ENV_GRACE_SECONDS
 
     grace = os.environ.get(ENV_GRACE_SECONDS)
     if not grace:
-        return
-    trained = r.parameters if cfg.training.lora is None else r.parameters // 100  # adapters: ~1 %
-    seconds = (r.parameters * 2 + trained * CHECKPOINT_BYTES_PER_PARAMETER) / CHECKPOINT_WRITE_RATE
-    if seconds > 0.8 * float(grace):
-        message = (f"the just-in-time checkpoint may need ~{seconds:.0f} s to write, more than the pod's "
-                   f"terminationGracePeriodSeconds ({grace} s) allows; raise spec.resources.terminationGracePeriodSeconds")
-        emit("training_warning", level="warning", kind="grace_period_short", message=message)
-        state.warn(f"grace_period_short: {message}")
+        return None
+    seconds = checkpoint_write_seconds(r.parameters, lora=cfg.training.lora is not None)
+    if seconds <= 0.8 * float(grace):
+        return None
+    message = (f"the just-in-time checkpoint may need ~{seconds:.0f} s to write, more than the pod's "
+               f"terminationGracePeriodSeconds ({grace} s) allows; raise spec.resources.terminationGracePeriodSeconds")
+    emit("training_warning", level="warning", kind="grace_period_short", message=message)
+    state.warn(f"grace_period_short: {message}")
+    return message
 
 
 def _note_sigterm() -> list[int]:
@@ -369,6 +206,19 @@ def _note_sigterm() -> list[int]:
 
     signal.signal(signal.SIGTERM, noted)
     return received
+
+
+def _complete_log_history(checkpoint: Path, history: list[dict], step: int) -> None:
+    """Give a just-in-time checkpoint the log entries of its own step.
+
+    When SIGTERM's request is seen at the end of step N, transformers saves
+    checkpoint-N before it logs step N; resumed from it, the loss curve would
+    miss that step. The entries up to N, from memory, are written into it.
+    """
+    path = checkpoint / "trainer_state.json"
+    saved = json.loads(path.read_text())
+    saved["log_history"] = [entry for entry in history if entry.get("step", 0) <= step]
+    path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
 def _wait_for_everyone() -> None:

@@ -73,34 +73,27 @@ TRAINING_ARGUMENTS: tuple[tuple[str, str, Callable[[Resolved], Any]], ...] = (
 )
 # spec.training fields that are not trainer arguments, and where they go instead.
 NOT_TRAINER_ARGUMENTS = {
-    "lora": "a PEFT LoraConfig around the model (train._load_model)",
+    "lora": "a PEFT LoraConfig around the model (trainer.load_model)",
 }
 
 
 def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: bool, max_steps: int | None = None,
-                     report: bool = True, overrides: dict[str, Any] | None = None):
+                     sanity_steps: int | None = None):
     """Map our stable spec names onto the installed TRL/transformers argument names.
 
     The hyperparameters come from `TRAINING_ARGUMENTS`; the rest is how sftjob
-    runs the trainer. `report=False` reports to no metric sink, `overrides`
-    replaces arguments (the sanity check's throwaway run: constant rate, no
-    saves, a log line per step).
+    runs the trainer. `sanity_steps` builds the sanity check's throwaway run
+    instead: that many full-batch steps (no accumulation: a small set is
+    enough to see the loss move) at a constant rate without warmup, a log
+    line per step, no saves, no metric sink, no just-in-time checkpoint.
+    Writes nothing: `configure_metric_sinks` sets what TensorBoard and W&B
+    read from the environment.
     """
     from trl import SFTConfig
 
-    keep_best = has_eval and cfg.output.keep == "best"
-    report_to = (list(cfg.monitoring.reportTo) if report else []) or ["none"]
-    if "tensorboard" in report_to:
-        # transformers 5 has no logging_dir: TensorBoard reads this variable.
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.tensorboard)
-    if "wandb" in report_to:
-        os.environ.setdefault("WANDB_MODE", "offline" if not os.environ.get("WANDB_API_KEY") else "online")
-        # This run's files go under this run's directory (set, not defaulted: one process may run several).
-        os.environ["WANDB_DIR"] = str(paths.root)
-        if cfg.monitoring.wandbProject:
-            os.environ.setdefault("WANDB_PROJECT", cfg.monitoring.wandbProject)
-        if cfg.monitoring.wandbEntity:
-            os.environ.setdefault("WANDB_ENTITY", cfg.monitoring.wandbEntity)
+    sanity = sanity_steps is not None
+    keep_best = has_eval and cfg.output.keep == "best" and not sanity
+    report_to = ([] if sanity else list(cfg.monitoring.reportTo)) or ["none"]
     cuda = _cuda_available()
     arguments: dict[str, Any] = {name: value(r) for _, name, value in TRAINING_ARGUMENTS}
     if max_steps is not None:
@@ -129,9 +122,27 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
     if "enable_jit_checkpoint" in SFTConfig.__dataclass_fields__:
         # transformers' just-in-time checkpoint: on SIGTERM (preemption, a drain) it saves at the next step
         # boundary and stops, so the next pod resumes where this one was stopped.
-        arguments["enable_jit_checkpoint"] = True
-    arguments.update(overrides or {})
+        arguments["enable_jit_checkpoint"] = not sanity
+    if sanity:
+        arguments.update(max_steps=sanity_steps, gradient_accumulation_steps=1, warmup_steps=0.0, eval_steps=sanity_steps,
+                         logging_steps=1, save_strategy="no", lr_scheduler_type="constant")
     return SFTConfig(**arguments)
+
+
+def configure_metric_sinks(cfg: RunConfig, paths: RunPaths) -> None:
+    """What TensorBoard and W&B read from the environment: where this run's files go, and the W&B project."""
+    report_to = cfg.monitoring.reportTo
+    if "tensorboard" in report_to:
+        # transformers 5 has no logging_dir: TensorBoard reads this variable.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.tensorboard)
+    if "wandb" in report_to:
+        os.environ.setdefault("WANDB_MODE", "offline" if not os.environ.get("WANDB_API_KEY") else "online")
+        # This run's files go under this run's directory (set, not defaulted: one process may run several).
+        os.environ["WANDB_DIR"] = str(paths.root)
+        if cfg.monitoring.wandbProject:
+            os.environ.setdefault("WANDB_PROJECT", cfg.monitoring.wandbProject)
+        if cfg.monitoring.wandbEntity:
+            os.environ.setdefault("WANDB_ENTITY", cfg.monitoring.wandbEntity)
 
 
 def _cuda_available() -> bool:

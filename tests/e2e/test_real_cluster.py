@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from sftjob.report import BestCheckpoint, Outcome
-from tests.e2e.cluster import RELEASE, REPO, Kubectl, helm_release, kubectl, operator, progress, wait  # noqa: F401
+from tests.e2e.cluster import RELEASE, REPO, Kubectl, wait
 from tests.support.playback import SANITY_PASSED, pod_status, running, terminated, waiting
 from tests.support.playback import sftjob_manifest as sftjob
 
@@ -51,7 +51,7 @@ def kubelet(k: Kubectl, ns: str, pod: str, status: dict) -> None:
 
 
 @pytest.fixture
-def ns(kubectl: Kubectl):  # noqa: F811
+def ns(kubectl: Kubectl):
     name = kubectl.namespace()
     yield name
     kubectl.delete("namespace", name, None, "--wait=false")
@@ -60,7 +60,7 @@ def ns(kubectl: Kubectl):  # noqa: F811
 # -- install ---------------------------------------------------------------------------------------
 
 
-def test_helm_installs_the_chart_and_the_crd(kubectl, helm_release):  # noqa: F811
+def test_helm_installs_the_chart_and_the_crd(kubectl, helm_release):
     crd = kubectl.get("crd", CRD)
     established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert established.get("Established") == "True" and established.get("NamesAccepted") == "True"
@@ -69,7 +69,7 @@ def test_helm_installs_the_chart_and_the_crd(kubectl, helm_release):  # noqa: F8
     assert kubectl.get("clusterrole", RELEASE) is not None
 
 
-def test_every_example_passes_server_side_dry_run_with_strict_validation(kubectl, helm_release, ns):  # noqa: F811
+def test_every_example_passes_server_side_dry_run_with_strict_validation(kubectl, helm_release, ns):
     for path in sorted((REPO / "examples").glob("*.yaml")):
         for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
             doc["metadata"]["namespace"] = ns
@@ -83,12 +83,12 @@ def test_every_example_passes_server_side_dry_run_with_strict_validation(kubectl
     ({"training": {"perDeviceBatchSize": 4, "effectiveBatchSize": 30}}, "must be a multiple of perDeviceBatchSize"),
     ({"training": {"learningRat": 1e-5}}, 'unknown field "spec.training.learningRat"'),
 ])
-def test_the_api_server_refuses_what_the_crd_forbids(kubectl, helm_release, ns, change, message):  # noqa: F811
+def test_the_api_server_refuses_what_the_crd_forbids(kubectl, helm_release, ns, change, message):
     done = kubectl.run("apply", "--validate=strict", "-f", "-", input=json.dumps(sftjob("bad", ns, **change)), check=False)
     assert done.returncode != 0 and message in done.stderr, done.stderr
 
 
-def test_a_name_too_long_for_the_children_is_refused(kubectl, helm_release, ns):  # noqa: F811
+def test_a_name_too_long_for_the_children_is_refused(kubectl, helm_release, ns):
     done = kubectl.create(sftjob("x" * 53, ns), check=False)
     assert done.returncode != 0 and "metadata.name must be a DNS label of at most 52 characters" in done.stderr
 
@@ -96,7 +96,7 @@ def test_a_name_too_long_for_the_children_is_refused(kubectl, helm_release, ns):
 # -- the lifecycle, with the operator as the chart's ServiceAccount ------------------------------------
 
 
-def test_lifecycle_pending_sanity_training_succeeded(kubectl, operator, progress, ns):  # noqa: F811
+def test_lifecycle_pending_sanity_training_succeeded(kubectl, operator, progress, ns):
     log = operator.log_tail
     kubectl.create(sftjob("life", ns))
     job = wait("the Job", lambda: kubectl.get("job", "life-sft", ns), TIMEOUT, log)
@@ -135,7 +135,7 @@ def test_lifecycle_pending_sanity_training_succeeded(kubectl, operator, progress
     assert [j["metadata"]["name"] for j in kubectl.list("jobs", ns)] == ["life-sft"]
 
 
-def test_oom_killed_pod_fails_with_out_of_memory(kubectl, operator, progress, ns):  # noqa: F811
+def test_oom_killed_pod_fails_with_out_of_memory(kubectl, operator, progress, ns):
     progress.payload = None
     kubectl.create(sftjob("oom", ns, backoffLimit=0, training={"gradientCheckpointing": True}))
     wait("the Job", lambda: kubectl.get("job", "oom-sft", ns), TIMEOUT, operator.log_tail)
@@ -148,7 +148,7 @@ def test_oom_killed_pod_fails_with_out_of_memory(kubectl, operator, progress, ns
     assert cond["reason"] == "OutOfMemory" and "gradientCheckpointing" not in cond["message"]
 
 
-def test_a_quota_that_forbids_the_job_is_reported_then_the_job_starts(kubectl, operator, ns):  # noqa: F811
+def test_a_quota_that_forbids_the_job_is_reported_then_the_job_starts(kubectl, operator, ns):
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-jobs", "namespace": ns},
              "spec": {"hard": {"count/jobs.batch": "0"}}}
     kubectl.create(quota)
@@ -165,7 +165,7 @@ def test_a_quota_that_forbids_the_job_is_reported_then_the_job_starts(kubectl, o
     wait("jobName", lambda: status_of(kubectl, "quota", ns).get("jobName") == "quota-sft", TIMEOUT, operator.log_tail)
 
 
-def test_an_admission_policy_that_rejects_the_job_fails_it_as_create_rejected(kubectl, operator, ns):  # noqa: F811
+def test_an_admission_policy_that_rejects_the_job_fails_it_as_create_rejected(kubectl, operator, ns):
     name = f"sftjob-e2e-{ns}"
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name},
@@ -199,7 +199,7 @@ def test_an_admission_policy_that_rejects_the_job_fails_it_as_create_rejected(ku
         kubectl.delete("validatingadmissionpolicy", name)
 
 
-def test_operator_sigterm_and_sigkill_mid_lifecycle_make_no_duplicates(kubectl, operator, ns):  # noqa: F811
+def test_operator_sigterm_and_sigkill_mid_lifecycle_make_no_duplicates(kubectl, operator, ns):
     for i in range(10):
         kubectl.create(sftjob(f"burst-{i}", ns))
     operator.kill()  # SIGKILL while it works through the burst
@@ -214,7 +214,7 @@ def test_operator_sigterm_and_sigkill_mid_lifecycle_make_no_duplicates(kubectl, 
     assert len(kubectl.list("configmaps", ns, "sftjob.dev/component=run-config")) == 10
 
 
-def test_deleting_an_sftjob_garbage_collects_its_children(kubectl, operator, ns):  # noqa: F811
+def test_deleting_an_sftjob_garbage_collects_its_children(kubectl, operator, ns):
     kubectl.create(sftjob("gone", ns))
     wait("the Job", lambda: kubectl.get("job", "gone-sft", ns), TIMEOUT, operator.log_tail)
     job_pod(kubectl, ns, "gone-sft")
@@ -224,7 +224,7 @@ def test_deleting_an_sftjob_garbage_collects_its_children(kubectl, operator, ns)
          and not kubectl.list("pods", ns, "batch.kubernetes.io/job-name=gone-sft"), 90)
 
 
-def test_helm_uninstall_keeps_the_crd_and_the_sftjobs(kubectl, helm_release, operator, ns):  # noqa: F811
+def test_helm_uninstall_keeps_the_crd_and_the_sftjobs(kubectl, helm_release, operator, ns):
     kubectl.create(sftjob("kept", ns))
     wait("the Job", lambda: kubectl.get("job", "kept-sft", ns), TIMEOUT, operator.log_tail)
     helm_release.run("uninstall", RELEASE, "-n", RELEASE, "--wait")
