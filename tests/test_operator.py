@@ -497,16 +497,25 @@ def test_delete_leaves_children_to_the_garbage_collector(cluster: Cluster, ns: s
 
 
 def test_hundred_sftjobs_at_once_get_exactly_a_hundred_jobs(cluster: Cluster, ns: str) -> None:
+    """The one burst test (the emulator's own tests leave load to this one): 100 at once, each started exactly once."""
     names = [f"burst-{i:03d}" for i in range(100)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: cluster.create(n, ns), names))
+        owners = {o["metadata"]["uid"] for o in pool.map(lambda n: cluster.create(n, ns), names)}
     cluster.wait("100 Jobs", lambda: len(cluster.client.list("batch/v1", "jobs", ns)) >= 100, timeout=120)
     cluster.wait("every SFTJob Pending", lambda: all(
         o.get("status", {}).get("phase") == "Pending" for o in cluster.client.list(API, "sftjobs", ns)), timeout=120)
     jobs = cluster.client.list("batch/v1", "jobs", ns)
     assert sorted(j["metadata"]["name"] for j in jobs) == [f"{n}-sft" for n in names]
+    assert {j["metadata"]["ownerReferences"][0]["uid"] for j in jobs} == owners
     assert len(cluster.client.list("v1", "configmaps", ns)) == 100
     assert {o["status"]["jobName"] for o in cluster.client.list(API, "sftjobs", ns)} == {f"{n}-sft" for n in names}
+
+    def created_events() -> list[dict[str, Any]] | None:
+        found = [e for e in cluster.client.list("v1", "events", ns) if e["reason"] == "JobCreated"]
+        return found if len(found) >= len(names) else None
+
+    events = cluster.wait("100 JobCreated events", created_events)
+    assert len({e["involvedObject"]["uid"] for e in events}) == len(events) == 100  # one each, none lost in the queue
 
 
 # -- health, metrics, logs ---------------------------------------------------------------------
@@ -574,3 +583,110 @@ def test_event_manifest_names_the_sftjob() -> None:
     assert event["involvedObject"] == {"apiVersion": API, "kind": "SFTJob", "name": "llama", "namespace": "team-a", "uid": "u-1"}
     assert (event["type"], event["reason"], len(event["message"])) == ("Warning", "OutOfMemory", 1024)
     assert event["metadata"] == {"generateName": "llama.", "namespace": "team-a"}
+
+
+def test_diff_base_is_kopfs_essence_without_copying_what_it_drops() -> None:
+    import kopf
+    from sftjob_operator.context import KOPF_PREFIX, DiffBaseStorage
+
+    ours = DiffBaseStorage(prefix=KOPF_PREFIX, key="last-handled-configuration", v1=False)
+    kopfs = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX, key="last-handled-configuration", v1=False)
+    sft = {
+        "apiVersion": API, "kind": "SFTJob",
+        "metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "7", "labels": {"team": "a"},
+                     "annotations": {f"{KOPF_PREFIX}/last-handled-configuration": "{}", f"{KOPF_PREFIX}/kopf-managed": "yes",
+                                     "kubectl.kubernetes.io/last-applied-configuration": "{}", "note": "kept"}},
+        "spec": {"model": {"source": "m"}, "suspend": False},
+        "status": {"phase": "Pending", "conditions": [{"type": "Training"}]},
+    }
+    for extra in (None, [("spec",)], [("status", "phase")]):
+        body = kopf.Body(sft)
+        assert json.dumps(ours.build(body=body, extra_fields=extra)) == json.dumps(kopfs.build(body=body, extra_fields=extra))
+    job = kopf.Body({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "a-sft"}, "spec": {"x": 1}})
+    assert ours.build(body=job) == {}  # no create/update handler ever reads a Job's essence
+
+
+def test_kopfs_routine_success_lines_are_dropped_and_failures_kept() -> None:
+    import logging
+
+    from sftjob_operator.main import QuietRoutineSuccess
+
+    quiet = QuietRoutineSuccess()
+
+    def kept(message: str) -> bool:
+        return quiet.filter(logging.LogRecord("kopf.objects", logging.INFO, "", 0, message, None, None))
+
+    assert not kept("Handler 'sftjob_created' succeeded.") and not kept("Handler 'job_event' succeeded.")
+    assert not kept("Creation is processed: 1 succeeded; 0 failed.")
+    assert kept("Creation is processed: 0 succeeded; 1 failed.")
+    assert kept("Handler 'sftjob_created' failed temporarily: HTTP 503") and kept("Handler 'sftjob_resumed' succeeded.")
+
+
+def test_follower_keeps_sftjobs_by_uid_and_catches_up_only_when_it_can_help() -> None:
+    import asyncio
+
+    from sftjob_operator.config import OperatorConfig
+    from sftjob_operator.follow import Follower
+    from sftjob_operator.metrics import Metrics
+
+    def sft(uid: str, **status: Any) -> dict[str, Any]:
+        return {"metadata": {"name": "a", "namespace": "n", "uid": uid}, "spec": {}, "status": status}
+
+    async def scenario() -> list[str]:
+        follower = Follower(None, OperatorConfig(), Metrics(), None, None)  # type: ignore[arg-type]
+        follower.attach({}, {})
+        reconciled: list[str] = []
+
+        async def reconcile(key: tuple[str, str]) -> None:
+            reconciled.append(f"{follower._sftjob(key)['metadata']['uid']}:{follower._sftjob(key)['status'].get('phase')}")
+
+        follower.reconcile = reconcile  # type: ignore[method-assign]
+        key = ("n", "a")
+        await follower.sftjob_changed(key, "ADDED", sft("u1"))
+        await follower.sftjob_changed(key, "MODIFIED", sft("u1", phase="Pending", jobName="a-sft"))  # its own first status
+        assert reconciled == [] and list(follower.phases()) == ["Pending"]
+        await follower.sftjob_changed(key, "ADDED", sft("u3"))  # another object of that name (deleted, created again)
+        await follower.sftjob_changed(("n", "b"), "ADDED", {**sft("b1"), "metadata": {"name": "b", "namespace": "n", "uid": "b1"}})
+        await follower._reconcile(("n", "b"))  # b's Job changed before b's status showed jobName
+        await follower.sftjob_changed(("n", "b"), "MODIFIED", {**sft("b1", phase="Pending", jobName="b-sft"),
+                                                              "metadata": {"name": "b", "namespace": "n", "uid": "b1"}})
+        await follower.sftjob_changed(key, None, sft("u1", phase="Training", jobName="a-sft"))  # listed after a restart
+        await follower.sftjob_changed(key, "MODIFIED", sft("u1", phase="Succeeded", jobName="a-sft"))  # finished
+        await follower.sftjob_changed(key, "DELETED", sft("u3"))  # a late event of another object of that name
+        assert follower._sftjob(key)["metadata"]["uid"] == "u1"
+        await follower.sftjob_changed(key, "DELETED", sft("u1", phase="Succeeded", jobName="a-sft"))
+        assert follower._sftjob(key) is None and list(follower.phases()) == ["Pending"]  # b's
+        return reconciled
+
+    assert asyncio.run(scenario()) == ["b1:Pending", "u1:Training"]  # b catches up once; a when listed
+
+
+def test_events_are_posted_in_order_behind_the_create_path_and_drained_at_exit() -> None:
+    import asyncio
+
+    from sftjob_operator.events import EventPoster
+    from sftjob_operator.kube import ApiError
+
+    class Kube:
+        def __init__(self) -> None:
+            self.posted: list[str] = []
+
+        async def create(self, obj: dict[str, Any]) -> None:
+            await asyncio.sleep(0.01)
+            if obj["reason"] == "Refused":
+                raise ApiError(403, "Forbidden", "events are forbidden")
+            if obj["reason"] == "Broken":
+                raise RuntimeError("unexpected")
+            self.posted.append(obj["message"])
+
+    async def scenario() -> list[str]:
+        kube = Kube()
+        poster = EventPoster(kube, senders=2)  # type: ignore[arg-type]
+        sft = {"metadata": {"name": "a", "namespace": "n", "uid": "u"}}
+        for i, reason in enumerate(["JobCreated", "Refused", "Broken"] + ["JobCreated"] * 5):
+            poster.post(sft, "Normal", reason, f"m{i}")
+        assert kube.posted == []  # queued: post() returns at once
+        await poster.drain()
+        return kube.posted
+
+    assert sorted(asyncio.run(scenario())) == ["m0", "m3", "m4", "m5", "m6", "m7"]  # the senders outlive failures

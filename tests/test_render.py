@@ -206,6 +206,30 @@ def test_rendered_objects_share_no_sub_objects():
     assert train["env"][0]["value"] != "changed" and train["resources"]["limits"]["cpu"] != "1"
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rendered_objects_are_fresh_plain_json(variant):
+    """Every dict and list appears once (none shared, none taken from the SFTJob), and every value is plain JSON."""
+    job = job_of(copy.deepcopy(VARIANTS[variant]))
+    first, second = render(job, CONFIG), render(job, CONFIG)
+    seen: dict[int, str] = {}
+    model = job.spec.resources.affinity
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, (dict, list)):
+            assert id(node) not in seen, f"{path} is the same object as {seen[id(node)]}"
+            assert node is not model, f"{path} is the SFTJob's own affinity"
+            seen[id(node)] = path
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, value in items:
+                assert isinstance(key, (str, int)), f"{path}: key {key!r}"
+                walk(value, f"{path}.{key}")
+        else:
+            assert node is None or type(node) in (str, int, float, bool), f"{path}: {type(node).__name__}"
+
+    walk(first, "first")
+    walk(second, "second")  # and nothing is shared between two renders either
+
+
 # ---- the Job: retries, Kueue ---------------------------------------------------------
 
 

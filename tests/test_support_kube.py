@@ -310,20 +310,3 @@ def test_operator_killed_inside_its_handler_creates_no_duplicate_on_restart(kube
     jobs = client.list("batch/v1", "jobs", ns)
     assert [j["metadata"]["uid"] for j in jobs] == [job["metadata"]["uid"]]
     assert operator.starts == 2
-
-
-def test_hundred_sftjobs_at_once_get_exactly_a_hundred_jobs(kube, operator, ns):
-    client = kube.client
-    started = time.monotonic()
-    owners = {client.create(sftjob(f"burst-{i:03d}", ns))["metadata"]["uid"] for i in range(100)}
-    created = time.monotonic()
-    wait_for(lambda: len(client.list("batch/v1", "jobs", ns)) >= 100, timeout=45, interval=0.1, message="100 Jobs")
-    print(f"\n100 SFTJobs: created in {created - started:.2f}s, all Jobs after {time.monotonic() - started:.2f}s")
-
-    jobs = client.list("batch/v1", "jobs", ns)
-    assert len(jobs) == 100
-    assert {j["metadata"]["ownerReferences"][0]["uid"] for j in jobs} == owners
-    def all_created():
-        return all(item.get("status", {}).get("phase") == "Created" for item in client.list(SFTJOB_API_VERSION, "sftjobs", ns))
-
-    wait_for(all_created, timeout=45, interval=0.2, message="every SFTJob to report phase Created")

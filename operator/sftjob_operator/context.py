@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 import kopf
+from sftjob.spec import KIND
 from sftjob.vocabulary import LABEL_JOB_NAME
 
 from sftjob_operator.config import OperatorConfig
@@ -32,6 +33,29 @@ KOPF_PREFIX = "operator.sftjob.dev"
 FINALIZER = f"{KOPF_PREFIX}/finalizer"
 
 logger = logging.getLogger(__name__)
+
+
+class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base in annotations, built without the deep copies it throws away.
+
+    kopf builds the "essence" of every object on every watch event by deep-copying
+    the whole body, status included, then keeping only spec, labels and the
+    annotations that are not its own. Only SFTJobs have create/update/resume
+    handlers, so the essence of a Job or a Pod is never read; an SFTJob's is built
+    from exactly the fields kopf keeps (the same essence, and the same stored
+    annotation, without copying the status on each of its events).
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if body.get("kind") != KIND:
+            return kopf.BodyEssence()
+        extra_fields = list(extra_fields or ())
+        if any(path and path[0] in ("metadata", "status") for path in extra_fields):
+            return super().build(body=body, extra_fields=extra_fields)  # e.g. a handler on a status field
+        meta = body.get("metadata") or {}
+        kept = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        kept["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=kopf.Body(kept), extra_fields=extra_fields)
 
 
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -55,9 +79,7 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     # schema (status.kopf would be pruned by a structural schema), and
     # annotations survive `kubectl replace --subresource=status` edits.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX, v1=False)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration", v1=False
-    )
+    settings.persistence.diffbase_storage = DiffBaseStorage(prefix=KOPF_PREFIX, key="last-handled-configuration", v1=False)
     # No handler needs a finalizer (no delete handler, no daemons or timers):
     # children carry ownerReferences and the garbage collector deletes them.
     # The name is set anyway so that a finalizer added by a future handler is
@@ -102,7 +124,7 @@ class OperatorContext:
         cls,
         settings: kopf.OperatorSettings,
         config: OperatorConfig,
-        indexes: tuple[Mapping[Any, Any], Mapping[Any, Any], Mapping[Any, Any]],
+        indexes: tuple[Mapping[Any, Any], Mapping[Any, Any]],
         bind_address: str,
     ) -> OperatorContext:
         """Build the clients and the follower; start the metrics server when a port is set."""

@@ -5,6 +5,11 @@ poster only works inside kopf's per-object handler context, and status
 transitions also happen in the progress poller, which runs outside it.
 Posting is fire-and-forget: an Event that cannot be written is logged and
 dropped, never a reason to fail or retry a reconciliation.
+
+Events wait in a queue for a few senders instead of each getting a task of
+its own: in a burst of new SFTJobs, 500 "Created" Events posted at once
+would compete with the Jobs still to be created for the one event loop,
+whereas a few senders let them trail behind the create path.
 """
 
 from __future__ import annotations
@@ -52,27 +57,43 @@ def event_manifest(sftjob: Mapping[str, Any], type_: str, reason: str, message: 
 
 
 class EventPoster:
-    """Posts Events in the background and keeps their tasks alive until done."""
+    """Posts Events in the background, `senders` at a time, in the order they were queued."""
 
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, senders: int = 4) -> None:
         self.kube = kube
         self.instance = socket.gethostname()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._senders = senders
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
 
     def post(self, sftjob: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Queue one Event (Normal or Warning); returns at once."""
-        manifest = event_manifest(sftjob, type_, reason, message, instance=self.instance)
-        task = asyncio.get_running_loop().create_task(self._send(manifest), name=f"event {reason}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._queue.put_nowait(event_manifest(sftjob, type_, reason, message, instance=self.instance))
+        if not self._tasks:  # started on first use: the queue needs the operator's running loop
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._send_queued(), name="event sender") for _ in range(self._senders)]
 
-    async def _send(self, manifest: dict[str, Any]) -> None:
-        try:
-            await self.kube.create(manifest)
-        except ApiError as e:
-            logger.warning("could not post event %s on %s: %s", manifest["reason"], manifest["involvedObject"]["name"], e)
+    async def _send_queued(self) -> None:
+        while True:
+            manifest = await self._queue.get()
+            try:
+                await self.kube.create(manifest)
+            except ApiError as e:
+                logger.warning("could not post event %s on %s: %s", manifest["reason"], manifest["involvedObject"]["name"], e)
+            except Exception:  # a sender must outlive any one Event
+                logger.exception("could not post event %s", manifest["reason"])
+            finally:
+                self._queue.task_done()
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait (a little) for queued Events before shutting down."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        """Wait (a little) for queued Events, then stop the senders (before shutting down)."""
+        if not self._tasks:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("%d event(s) not posted before shutdown", self._queue.qsize())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

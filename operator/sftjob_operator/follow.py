@@ -6,10 +6,16 @@ Level-triggered: any event of an SFTJob, of its Job or of one of its Pods
 writes only the difference. A lost or reordered event therefore costs
 nothing; the next one brings status up to date.
 
-The latest state comes from kopf indexes (`handlers.py` declares them):
-kopf fills them from its watch streams, and holds every handler back until
-the initial listing of each is complete, so after a restart status is never
-computed from a half-known world.
+The latest state of Jobs and Pods comes from kopf indexes (`handlers.py`
+declares them): kopf fills them from its watch streams, and holds every
+handler back until the initial listing of each is complete, so after a
+restart status is never computed from a half-known world. SFTJobs are kept
+here, from their own event handler (`sftjob_changed`), which kopf runs
+before their create/resume/update handlers: as an index they cost a second
+handler invocation per event, and at startup kopf's readiness bookkeeping for
+indexed objects wakes every waiting SFTJob once per listed SFTJob, a CPU cost
+that grows with the square of their number. An SFTJob not seen yet is
+reconciled by its resume handler once it is.
 
 Progress is polled by one loop for all SFTJobs (`poll_forever`), not a
 kopf timer per SFTJob: a kopf timer puts a finalizer on its object while it
@@ -82,7 +88,7 @@ class Follower:
         self.config = config
         self.metrics = metrics
         self.http = http
-        self._sftjobs: Mapping[Key, Any] = {}
+        self._sftjobs: dict[Key, dict[str | None, dict[str, Any]]] = {}  # key -> uid -> slim SFTJob
         self._jobs: Mapping[Key, Any] = {}
         self._pods: Mapping[Key, Any] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
@@ -91,19 +97,45 @@ class Follower:
         self._retries: dict[Key, asyncio.Task[None]] = {}
         self._attempts: dict[Key, int] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # SFTJobs whose Job or Pod changed before their status showed jobName (see `sftjob_changed`).
+        self._early: set[Key] = set()
 
-    def attach(self, sftjobs: Mapping[Key, Any], jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
-        """Use these kopf indexes (key -> store of slim objects) as the view of the cluster."""
-        self._sftjobs, self._jobs, self._pods = sftjobs, jobs, pods
+    def attach(self, jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
+        """Use these kopf indexes (key -> store of slim objects) as the view of Jobs and Pods."""
+        self._jobs, self._pods = jobs, pods
 
     def phases(self) -> Iterator[str | None]:
         """The phase of every SFTJob the operator sees (for the metrics gauge)."""
         for store in list(self._sftjobs.values()):
-            for sft in store:
+            for sft in list(store.values()):
                 yield (sft.get("status") or {}).get("phase")
+
+    async def sftjob_changed(self, key: Key, type: str | None, body: Mapping[str, Any]) -> None:
+        """An SFTJob was listed, added, changed or deleted: keep its slim copy, and catch its status up if needed.
+
+        Once status.jobName is written, status follows the Job and Pods (whose
+        events reconcile), spec edits (the update handler) and progress polls;
+        the SFTJob's own events add nothing, except when it is listed after a
+        restart, or when it first shows jobName after a Job or Pod event had
+        to be skipped for the lack of it.
+        """
+        sft = slim_sftjob(body)
+        uid = sft["metadata"]["uid"]
+        if type == "DELETED":
+            store = self._sftjobs.get(key, {})
+            store.pop(uid, None)
+            if not store:  # not a newer SFTJob of the same name
+                self._sftjobs.pop(key, None)
+                self.forget(key)
+            return
+        self._sftjobs.setdefault(key, {})[uid] = sft
+        status = sft["status"]
+        if status.get("jobName") and status.get("phase") not in _TERMINAL and (type is None or key in self._early):
+            await self.reconcile(key)
 
     def forget(self, key: Key) -> None:
         """Drop everything remembered about a deleted SFTJob."""
+        self._early.discard(key)
         self._known.pop(key, None)
         self._progress.pop(key, None)
         self._attempts.pop(key, None)
@@ -116,13 +148,9 @@ class Follower:
 
     # -- reading the view --------------------------------------------------------------------
 
-    @staticmethod
-    def _first(index: Mapping[Key, Any], key: Key) -> dict[str, Any] | None:
-        store = index.get(key)
-        return next(iter(store), None) if store else None
-
     def _sftjob(self, key: Key) -> dict[str, Any] | None:
-        sft = self._first(self._sftjobs, key)
+        store = self._sftjobs.get(key)
+        sft = next(iter(store.values()), None) if store else None
         if sft is None or sft["metadata"].get("deletionTimestamp"):
             return None
         return sft
@@ -162,7 +190,11 @@ class Follower:
         status = self._so_far(key, sft)
         job_name = status.get("jobName")
         if not job_name:
-            return  # not started yet (or invalid): the create handler owns status until it sets jobName
+            # Not started yet (or invalid): the create handler owns status until it sets jobName,
+            # and the SFTJob event that shows jobName brings us back.
+            self._early.add(key)
+            return
+        self._early.discard(key)
         job = self._job(key, sft, job_name)
         if job is None:
             return  # not seen yet; its ADDED event will bring us back
@@ -219,7 +251,7 @@ class Follower:
         """SFTJobs whose pod is in a phase that serves progress (as this operator last wrote it)."""
         keys = []
         for key, store in list(self._sftjobs.items()):
-            for sft in store:
+            for sft in list(store.values()):
                 if self._so_far(key, sft).get("phase") in RUNNING_PHASES:
                     keys.append(key)
         return keys

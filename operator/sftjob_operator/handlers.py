@@ -7,7 +7,7 @@
   Job or Pods: `follow.Follower` (status from the Job, Pods and progress
   through the pure `status.compute_status`); its progress poller is one
   background loop started with the operator (see `follow.py` for why it is
-  not a kopf timer).
+  not a kopf timer, and why SFTJobs are not a kopf index).
 
 There is no delete handler: the ConfigMap and the Job carry ownerReferences
 to the SFTJob, so Kubernetes' garbage collector removes them, and a delete
@@ -24,19 +24,18 @@ from typing import Any
 
 import kopf
 from sftjob.spec import API_GROUP, API_VERSION, PLURAL
-from sftjob.vocabulary import LABEL_JOB_NAME, TERMINAL_PHASE_NAMES
+from sftjob.vocabulary import LABEL_JOB_NAME
 
 from sftjob_operator.children import CreateForbidden, start_sftjob
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.context import OperatorContext, configure_settings
-from sftjob_operator.index import Key, slim_job, slim_pod, slim_sftjob
+from sftjob_operator.index import Key, slim_job, slim_pod
 
 # `main.run_operator` validates the same variables first and reports errors cleanly.
 CONFIG = OperatorConfig.from_env()
 
 SFTJOBS = (API_GROUP, API_VERSION, PLURAL)
 OURS = {LABEL_JOB_NAME: kopf.PRESENT}
-TERMINAL = TERMINAL_PHASE_NAMES
 
 
 def _ctx(memo: kopf.Memo) -> OperatorContext:
@@ -50,7 +49,6 @@ def _ctx(memo: kopf.Memo) -> OperatorContext:
 async def startup(
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,
-    sftjob_index: kopf.Index[Key, dict[str, Any]],
     job_index: kopf.Index[Key, dict[str, Any]],
     pod_index: kopf.Index[Key, dict[str, Any]],
     **_: Any,
@@ -58,7 +56,7 @@ async def startup(
     """Tune kopf; build the clients and the follower; start the progress poller and the metrics server."""
     configure_settings(settings, CONFIG)
     memo["sftjob"] = await OperatorContext.start(
-        settings, CONFIG, (sftjob_index, job_index, pod_index), memo.get("bind_address", "0.0.0.0")
+        settings, CONFIG, (job_index, pod_index), memo.get("bind_address", "0.0.0.0")
     )
 
 
@@ -72,12 +70,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # -- what the operator keeps in memory (kopf fills these from its watches) --------------------
 # Async on purpose: kopf runs sync handlers in a thread pool, and a thread hop
 # per watch event was a fifth of the operator's CPU in a burst of 500 SFTJobs.
-
-
-@kopf.index(*SFTJOBS)
-async def sftjob_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    """Every SFTJob, by (namespace, name)."""
-    return {(namespace, name): slim_sftjob(body)}
+# SFTJobs themselves are kept by the follower, from `sftjob_event` (see follow.py).
 
 
 @kopf.index("batch", "v1", "jobs", labels=OURS)
@@ -134,27 +127,23 @@ async def sftjob_spec_updated(
             await _start(body, patch, ctx, logger, retry)
 
 
-def _followed(type: str | None, status: kopf.Status, **_: Any) -> bool:
-    # Filters run inline; skipping the handler for SFTJobs that are not started
-    # (the create handler owns them) or finished saves kopf's handler machinery
-    # on most events of a burst.
-    return type == "DELETED" or (bool(status.get("jobName")) and status.get("phase") not in TERMINAL)
-
-
-@kopf.on.event(*SFTJOBS, when=_followed)
-async def sftjob_event(namespace: str, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """Any change of an SFTJob (its status included) may need a status step."""
-    follower = _ctx(memo).follower
-    if type == "DELETED":
-        follower.forget((namespace, name))
-    else:
-        await follower.reconcile((namespace, name))
+@kopf.on.event(*SFTJOBS)
+async def sftjob_event(namespace: str, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Any event of an SFTJob: the follower keeps it, and catches its status up when that can help."""
+    await _ctx(memo).follower.sftjob_changed((namespace, name), type, body)
 
 
 # -- the Jobs and Pods the operator made --------------------------------------------------------
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=OURS)
+def _job_news(type: str | None, status: kopf.Status, **_: Any) -> bool:
+    # A Job seen for the first time while the operator runs, with no status yet, is
+    # one the create handler just made: the first status was computed from exactly
+    # that Job. Listed Jobs (type None, after a restart) and later events pass.
+    return type != "ADDED" or bool(status)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OURS, when=_job_news)
 async def job_event(
     namespace: str, name: str, type: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:

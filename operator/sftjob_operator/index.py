@@ -1,8 +1,9 @@
 """What the operator keeps in memory: slim copies of SFTJobs, Jobs and Pods, by their SFTJob's key.
 
-kopf fills its indexes (declared in `handlers.py`) from its watch streams;
-each entry keeps only the fields status computation reads, so memory stays
-small with hundreds of SFTJobs.
+kopf fills its indexes of Jobs and Pods (declared in `handlers.py`) from its
+watch streams, and the follower keeps the SFTJobs (see `follow.py`); each
+entry keeps only the fields status computation reads, so memory stays small
+with hundreds of SFTJobs.
 """
 
 from __future__ import annotations

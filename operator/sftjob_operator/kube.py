@@ -121,16 +121,18 @@ class KubeClient:
             await self._session.close()
             self._session = None
 
-    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
-        """Send one request; return the decoded JSON or raise ApiError."""
+    async def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json", *, decode: bool = True
+    ) -> Any:
+        """Send one request; return the decoded JSON (None with `decode=False`) or raise ApiError."""
         for attempt in (1, 2):
             session = await self._open()
-            data = None if body is None else json.dumps(body)
+            data = None if body is None else json.dumps(body, separators=(",", ":"))
             headers = {"Content-Type": content_type} if data is not None else {}
             self.requests += 1
             try:
                 async with session.request(method, self._server + path, data=data, headers=headers) as response:
-                    text = await response.text()
+                    raw = await response.read()  # read to the end, so the connection is reused
                     status = response.status
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 raise ApiError(503, type(e).__name__, str(e) or "connection failed") from e
@@ -139,20 +141,25 @@ class KubeClient:
                 await self.close()
                 continue
             if status >= 400:
+                text = raw.decode("utf-8", errors="replace")
                 try:
                     payload = json.loads(text)
                 except ValueError:
                     payload = {}
                 payload = payload if isinstance(payload, dict) else {}
                 raise ApiError(status, payload.get("reason") or "", payload.get("message") or text[:500])
-            return json.loads(text) if text else None
+            return json.loads(raw) if decode and raw else None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Create a namespaced object (namespace from its metadata); ApiError 409 if the name is taken."""
+    async def create(self, obj: Mapping[str, Any]) -> None:
+        """Create a namespaced object (namespace from its metadata); ApiError 409 if the name is taken.
+
+        The answer (the object as stored) is not decoded: a created Job is
+        several kilobytes of JSON, and no caller reads it back.
+        """
         plural = PLURALS[obj["apiVersion"], obj["kind"]]
         path = resource_path(obj["apiVersion"], plural, obj["metadata"].get("namespace"))
-        return await self.request("POST", path, obj)
+        await self.request("POST", path, obj, decode=False)
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """Read one object; None if it does not exist."""

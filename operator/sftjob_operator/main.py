@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -19,17 +20,20 @@ import kopf
 from sftjob_operator.config import ENV_PREFIX, OperatorConfig
 
 
-# Handlers that run on every watch event: kopf's "succeeded" line for
-# each would be most of the log of a busy operator, and says nothing new.
-ROUTINE_HANDLERS = ("sftjob_event", "job_event", "pod_event")
+# Handlers whose "succeeded" lines from kopf say nothing new: the routine ones run
+# on every watch event (their lines would be most of a busy operator's log), and
+# the create handler logs what it created, or why it did not, itself.
+ROUTINE_HANDLERS = ("sftjob_event", "job_event", "pod_event", "sftjob_created")
+_SUCCESS_LINES = tuple(f"Handler '{name}' succeeded." for name in ROUTINE_HANDLERS)
+_CREATION_DONE = re.compile(r"Creation is processed: \d+ succeeded; 0 failed\.")
 
 
 class QuietRoutineSuccess(logging.Filter):
-    """Drops kopf's success lines of the routine handlers (failures are still logged)."""
+    """Drops kopf's success lines of those handlers, and its summary of a creation without failures."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.endswith("' succeeded.") and any(f"'{name}'" in message for name in ROUTINE_HANDLERS))
+        return not (message in _SUCCESS_LINES or _CREATION_DONE.fullmatch(message))
 
 
 def build_parser() -> argparse.ArgumentParser:
