@@ -23,8 +23,14 @@ Arrival schedules (`--modes`, each run for both operators):
   operator on a loaded 2-core machine, so the default is 50/s);
 - `cold`: all SFTJobs are stored before the operator process starts; timed
   from its start (imports and initial listing included) to the last Job;
-- `burst`: all created at once by 16 threads, as fast as the client can
-  (the arrival schedule then depends on how much CPU the operator leaves).
+- `burst`: all created at once by the client's 16 threads, as fast as they
+  can (the arrival schedule then depends on how much CPU the operator and the
+  emulator leave them).
+
+CPU per SFTJob counts from just before the first arrival (cold start: from
+the operator's start, imports included) until every SFTJob is Pending and
+the operator has sent nothing for a second, so work trailing the create path
+(Events queued behind it) is counted too.
 
 The emulator and the client share the CPU with the operator, so absolute
 latencies depend on the machine and its load; compare ratios to the
@@ -251,12 +257,11 @@ def _post_on_schedule(url: str, names: list[str], workers: int, rate: float | No
 
     def create(item: tuple[int, str]) -> None:
         i, name = item
-        if rate:
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            lag[0] = max(lag[0], time.monotonic() - due)
+        due = start + i / rate if rate else start
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        lag[0] = max(lag[0], time.monotonic() - due)
         sent[name] = time.monotonic()
         client.create(manifest(name))
 
