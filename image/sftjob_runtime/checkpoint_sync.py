@@ -229,7 +229,8 @@ class CheckpointMirror(TrainerCallback):
             try:
                 self._upload(local, step, source)
                 return True
-            except RuntimeFailure as e:
+            except Exception as e:  # noqa: BLE001 - the worker must outlive any failure, or the next save waits forever
+                e = one_line(e)
                 if attempt == retries:
                     message = f"checkpoint-{step} was not mirrored ({e}); a preempted pod without a work volume resumes " \
                               "from the last one that was"
@@ -238,7 +239,7 @@ class CheckpointMirror(TrainerCallback):
                         self.state.warn(f"checkpoint_not_mirrored: {message}")
                     return False
                 delay = self.backoff * 2**attempt
-                emit("checkpoint_mirror_retry", level="warning", step=step, attempt=attempt + 1, in_seconds=delay, error=str(e))
+                emit("checkpoint_mirror_retry", level="warning", step=step, attempt=attempt + 1, in_seconds=delay, error=e)
                 time.sleep(delay)
         return False
 
