@@ -97,7 +97,14 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     """Run only the sanity check."""
     from sftjob_runtime.entrypoint import sanity
 
-    return sanity(args.file, as_json=args.json)
+    return sanity(args.file, as_json=args.json, output_dir=args.output)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render a run's report.html from its report.json (a run directory, an exported model or an output URI)."""
+    from sftjob_runtime.entrypoint import report
+
+    return report(args.location, args.out, endpoint=args.endpoint, region=args.region)
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
@@ -141,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sanity", help="run the sanity check alone (exit 0 pass)")
     p.add_argument("file", metavar="FILE", help="an SFTJob manifest or a run config JSON")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--output", metavar="DIR", help="keep the findings here for the run report (the pod's work volume)")
     p.set_defaults(func=cmd_sanity)
+
+    p = sub.add_parser("report", help="write a run's self-contained report.html (curves, sanity, masking, settings)")
+    p.add_argument("location", metavar="RUN_DIR|OUTPUT_URI",
+                   help="a run directory (runs/<name>), an exported model directory, or spec.output.uri (s3://, file://)")
+    p.add_argument("-o", "--out", metavar="FILE", help="where to write it (default: report.html in the current directory)")
+    p.add_argument("--endpoint", metavar="URL", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    p.add_argument("--region", help="S3 region (default: AWS_REGION / AWS_DEFAULT_REGION)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("run", help="run the whole job locally (or in the training container)")
     p.add_argument("file", metavar="FILE", help="an SFTJob manifest or a run config JSON")

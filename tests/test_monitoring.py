@@ -37,7 +37,8 @@ def feed(logs_by_step, warmup=0.0, max_steps=100, seconds_per_log=None):
     seconds = seconds_per_log or {}
     state = ProgressState()
     cb = MonitorCallback(state, TokenCounter())
-    trainer_state = SimpleNamespace(max_steps=max_steps, global_step=0, epoch=0.0, best_metric=None, best_model_checkpoint=None)
+    trainer_state = SimpleNamespace(max_steps=max_steps, global_step=0, epoch=0.0, best_metric=None, best_model_checkpoint=None,
+                                    log_history=[])
     control = SimpleNamespace(should_training_stop=False)
     args = Args(warmup=warmup)
     cb.on_train_begin(args, trainer_state, control)
@@ -45,10 +46,12 @@ def feed(logs_by_step, warmup=0.0, max_steps=100, seconds_per_log=None):
         trainer_state.global_step = step
         clock[0] += seconds.get(step, 1.0)
         cb.tokens.tokens += 1000
+        trainer_state.log_history.append({**logs, "step": step})  # as Trainer.log does, before the callbacks
         cb.on_log(args, trainer_state, control, logs=logs)
         if "eval_loss" in logs:
             best = trainer_state.best_metric
             trainer_state.best_metric = logs["eval_loss"] if best is None else min(best, logs["eval_loss"])
+    cb.trainer_state = trainer_state
     return state.snapshot(), control, cb
 
 
@@ -109,3 +112,13 @@ def test_progress_endpoint_serves_the_snapshot():
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other", timeout=5)
     finally:
         server.stop()
+
+
+def test_warnings_and_throughput_are_kept_for_the_run_report_at_their_step():
+    logs = [(s, {"loss": 2.0, "grad_norm": 1.0, "learning_rate": 1e-4}) for s in range(1, 6)] + [(6, {"loss": 9.0})]
+    _, _, cb = feed(logs)
+    logged = cb.progress.logged_warnings()
+    assert [(w["step"], w["stage"], w["kind"]) for w in logged] == [(6, "training", "loss_spike")]
+    # The trainer's own history (saved in checkpoints, read by the report) carries tokens/s too.
+    assert [e.get("tokens_per_second") for e in cb.trainer_state.log_history] == [1000.0] * 6
+    assert [e["step"] for e in cb.history] == [1, 2, 3, 4, 5, 6]

@@ -271,7 +271,7 @@ def test_containers_commands_and_image():
     objs = rendered("base")
     init, train = all_containers(objs)
     assert init["name"] == vocab.SANITY_CONTAINER and train["name"] == vocab.TRAIN_CONTAINER
-    assert init["command"] == ["sftjob", "sanity", "/etc/sftjob/run-config.json"]
+    assert init["command"] == ["sftjob", "sanity", "/etc/sftjob/run-config.json", "--output", "/workspace/output"]
     # The init container already ran the sanity check: the main container must not repeat it.
     assert train["command"] == ["sftjob", "run", "/etc/sftjob/run-config.json", "--output", "/workspace/output", "--skip-sanity"]
     assert init["image"] == train["image"] == CONFIG.image

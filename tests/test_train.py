@@ -277,7 +277,8 @@ def test_a_finished_run_leaves_one_copy_of_the_model_and_no_checkpoints(tiny_mod
     r = run_cli("run", str(job), "--output", str(tmp_path / "work"))
     assert r.returncode == 0, r.stderr[-2000:]
     work = tmp_path / "work"
-    assert sorted(p.name for p in work.iterdir()) == ["report.json", "resolved.json", "tensorboard"]
+    assert sorted(p.name for p in work.iterdir()) == ["report.html", "report.json", "resolved.json", "tensorboard"]
+    assert f"report: {work / 'report.html'}" in r.stdout
     assert (tmp_path / "export" / "model.safetensors").is_file()
     assert "checkpoints: pruned after the export (spec.output.keepCheckpoints: true keeps them)" in r.stdout
     assert json.loads((work / "report.json").read_text())["workDir"] == {"checkpoints": "pruned", "bestDir": str(tmp_path / "export")}

@@ -41,13 +41,15 @@ class MonitorCallback(TrainerCallback):
         self.eval_losses: list[float] = []
         self.tps_history: list[float] = []
         self.diverged: str | None = None
+        # Every log record this callback saw, for the run report when the trainer's own history is lost (a failure).
+        self.history: list[dict] = []
         self.warmup_steps = 0
         self._t0 = None
         self._last = None
 
     def _warn(self, kind: str, message: str, **fields) -> None:
         emit("training_warning", level="warning", kind=kind, message=message, **fields)
-        self.progress.warn(f"{kind}: {message}")
+        self.progress.warn(f"{kind}: {message}", step=fields.get("step"))
 
     def on_train_begin(self, args, state, control, **kw):
         self._t0 = self._last = (time.monotonic(), self.tokens.tokens)
@@ -61,6 +63,7 @@ class MonitorCallback(TrainerCallback):
             self._on_train_log(step, logs, state, control)
         if "eval_loss" in logs:
             self._on_eval(step, float(logs["eval_loss"]), state)
+        self.history.append({**logs, "step": step})
 
     def _on_train_log(self, step, logs, state, control) -> None:
         loss = float(logs["loss"])
@@ -92,9 +95,12 @@ class MonitorCallback(TrainerCallback):
         emit("train_log", **event)
         # Into the trainer's own log record too: this callback runs first (train.py puts it
         # there), so TensorBoard and W&B chart them beside loss and grad norm.
+        # The trainer appended its own copy of the record to log_history before calling back: that copy
+        # (saved in every checkpoint, so a resumed run keeps it) gets them as well, for the run report.
+        record = state.log_history[-1] if state.log_history and state.log_history[-1].get("step") == step else {}
         for key in ("tokens_per_second", "gpu_memory_gb"):
             if event.get(key) is not None:
-                logs[key] = event[key]
+                logs[key] = record[key] = event[key]
 
         if not math.isfinite(loss):
             self.diverged = f"loss became {loss} at step {step}"

@@ -22,9 +22,11 @@ from sftjob.manifest import ManifestError
 from sftjob.report import BestCheckpoint, Outcome, SanityResult
 from sftjob.runconfig import RunConfig, load_run_config
 from sftjob.vocabulary import ENV_TERMINATION_LOG, TERMINATION_LOG, ExitCode, Reason, memory_hint
-from sftjob_runtime.errors import RuntimeFailure, one_line
+from sftjob_runtime.errors import RuntimeFailure
+from sftjob_runtime import console
 from sftjob_runtime.events import emit
 from sftjob_runtime.progress_server import ProgressState, serve_from_env
+from sftjob_runtime.run_report import REPORT_HTML, REPORT_JSON, RunRecord, publish_failure_report, write_report
 
 
 def _quiet_libraries() -> None:
@@ -75,10 +77,6 @@ def _fail(reason: Reason | str, message: str, code: int, **extra) -> int:
     print(f"error: {message}", file=sys.stderr)
     write_outcome(Outcome(ok=False, reason=str(getattr(reason, "value", reason)), message=message, **extra))
     return int(code)
-
-
-def _sanity_json(result: SanityResult) -> None:
-    print(json.dumps(result.model_dump(mode="json", exclude_none=True), indent=2))
 
 
 class _Terminated(Exception):
@@ -151,48 +149,72 @@ def preview(file: str, n: int = 3, as_json: bool = False) -> int:
 
 
 @_guarded
-def sanity(file: str, as_json: bool = False) -> int:
-    """Run the sanity check alone; exit 0 when it passes, SANITY_FAILED when it does not."""
+def sanity(file: str, as_json: bool = False, output_dir: str | None = None) -> int:
+    """Run the sanity check alone; exit 0 when it passes, SANITY_FAILED when it does not.
+
+    With `output_dir` (the training pod's work volume) its findings stay there
+    for the train container's report, and a failure writes the run report.
+    """
     _quiet_libraries()
-    from sftjob_runtime.sanity import run_sanity
+    from sftjob_runtime.sanity import failure as sanity_failure, run_sanity
     from sftjob_runtime.prepare import prepare_run
 
     state = ProgressState()
     server = serve_from_env(state)
+    cfg = base = None
+    record = RunRecord(Path(file).stem)
     try:
         # Library chatter (the Trainer's log lines) goes to stderr: stdout carries only the report.
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), _reporting(record, output_dir, state, lambda: (cfg, base)):
             cfg, base = _load(file)
+            record.name = cfg.name
             prep = prepare_run(cfg, base)
+            record.prepared(prep)
             with _out_of_memory(prep, "sanity check"):
-                result = run_sanity(prep, state)
+                result = run_sanity(prep, state, record)
+            if output_dir:
+                record.save_sanity(Path(output_dir))
+            if not result.passed:
+                raise sanity_failure(result)
     except (RuntimeFailure, ManifestError) as e:
         # A failure while preparing (config, data, template, model, memory) is a failed check too:
         # the report goes to stdout, the termination message and status.sanityCheck like any other.
         if isinstance(e, ManifestError):
             e = RuntimeFailure(Reason.INVALID_SPEC, "; ".join(e.errors), ExitCode.INVALID_CONFIG)
         result = e.sanity or SanityResult(passed=False, reason=str(getattr(e.reason, "value", e.reason)), message=str(e))
-        (_sanity_json if as_json else _print_sanity)(result)
+        (console.sanity_json if as_json else console.print_sanity)(result)
         message = f"sanity check failed: {result.message}" if e.sanity is not None else str(e)
         return _fail(result.reason, message, e.exit_code, sanity=result)
     finally:
         if server:
             server.stop()
-    (_sanity_json if as_json else _print_sanity)(result)
-    if not result.passed:
-        return _fail(result.reason or Reason.SANITY_LOSS_NOT_DECREASING, f"sanity check failed: {result.message}",
-                     ExitCode.SANITY_FAILED, sanity=result)
+    (console.sanity_json if as_json else console.print_sanity)(result)
     write_outcome(Outcome(ok=True, reason="Passed", message=result.message, sanity=result))
     return 0
 
 
-def _print_sanity(result: SanityResult) -> None:
-    verdict = "PASSED" if result.passed else f"FAILED ({result.reason})"
-    print(f"sanity check {verdict}: {result.message}")
-    if result.rows is not None:
-        print(f"  rows {result.rows}, fully masked {result.maskedRows}, truncated {result.truncatedRows}")
-    if result.sample:
-        print(f"  trained-on text of the first row: {result.sample!r}")
+def report(location: str, out: str | None = None, *, endpoint: str | None = None, region: str | None = None) -> int:
+    """`sftjob report`: report.html from a run directory, an exported model or an output URI; exit 0, or 1 with one line."""
+    from sftjob_runtime import s3
+    from sftjob_runtime.report_html import render_report
+    from sftjob_runtime.run_report import read_report
+
+    try:
+        data = read_report(location, endpoint=endpoint, region=region)
+    except FileNotFoundError:
+        print(f"error: {location}: no {REPORT_JSON} there; give a run directory (runs/<name>), an exported model "
+              "or the job's spec.output.uri", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"error: {location}: {REPORT_JSON} is not valid JSON ({e})", file=sys.stderr)
+        return 1
+    except s3.storage_errors() as e:
+        print(f"error: {location}: {s3.describe(e, field=location)}", file=sys.stderr)
+        return 1
+    target = Path(out) if out else Path.cwd() / REPORT_HTML
+    target.write_text(render_report(data), encoding="utf-8")
+    print(f"{target} ({target.stat().st_size / 1024:.0f} KiB): open it in a browser")
+    return 0
 
 
 @_guarded
@@ -201,7 +223,7 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
     _quiet_libraries()
     from sftjob_runtime.export import export_checkpoint
     from sftjob_runtime.hardware import is_main_process
-    from sftjob_runtime.sanity import run_sanity
+    from sftjob_runtime.sanity import failure as sanity_failure, run_sanity
     from sftjob_runtime.prepare import prepare_run
     from sftjob_runtime.train import train
 
@@ -210,39 +232,53 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
     state = ProgressState()
     main = is_main_process()  # under torchrun only rank 0 reports and exports
     server = serve_from_env(state) if main else None
+    record = RunRecord(cfg.name)
     try:
-        prep = prepare_run(cfg, base)
-        if main:
-            _print_resolved(prep)
-        # In a pod the init container has already run the check (and passed, or this would not start).
-        if cfg.sanityCheck.enabled and not skip_sanity:
-            print(f"sanity check: {cfg.sanityCheck.steps} steps on {min(cfg.sanityCheck.samples, len(prep.train.rows))} rows ...")
-            with _out_of_memory(prep, "sanity check"):
-                result = run_sanity(prep, state)
-            _print_sanity(result)
-            if not result.passed:
-                return _fail(result.reason, f"sanity check failed: {result.message}", ExitCode.SANITY_FAILED, sanity=result)
-        with _out_of_memory(prep, "training"):
-            res = train(prep, work, state)
-        if not main:
-            return 0
-        state.update(stage="exporting")
-        dest = export_checkpoint(Path(res.best_dir), _output_location(cfg.output.uri, base),
-                                 endpoint=cfg.output.endpoint, region=cfg.output.region,
-                                 extra={"name": cfg.name, "step": res.best_step, "evalLoss": res.best_eval_loss})
-        state.update(stage="done")
-        _drop_mirror(cfg)
+        with _reporting(record, work if main else None, state, lambda: (cfg, base)):
+            prep = prepare_run(cfg, base)
+            record.prepared(prep)
+            if main:
+                console.print_resolved(prep)
+            # In a pod the init container has already run the check (and passed, or this would not start).
+            if cfg.sanityCheck.enabled and not skip_sanity:
+                print(f"sanity check: {cfg.sanityCheck.steps} steps on {min(cfg.sanityCheck.samples, len(prep.train.rows))} rows ...")
+                with _out_of_memory(prep, "sanity check"):
+                    result = run_sanity(prep, state, record)
+                console.print_sanity(result)
+                if not result.passed:
+                    raise sanity_failure(result)
+            else:
+                record.load_sanity(work)
+            with _out_of_memory(prep, "training"):
+                res = train(prep, work, state, record)
+            if not main:
+                return 0
+            location = _output_location(cfg.output.uri, base)
+            # The report travels inside the exported model (and so in its manifest).
+            record.result = {**res.as_dict(), "exportedTo": _exported_name(location)}
+            record.finish(True, Reason.COMPLETED.value, f"best checkpoint at step {res.best_step} exported", state)
+            write_report(record, Path(res.best_dir))
+            state.update(stage="exporting")
+            try:
+                dest = export_checkpoint(Path(res.best_dir), location, endpoint=cfg.output.endpoint, region=cfg.output.region,
+                                         extra={"name": cfg.name, "step": res.best_step, "evalLoss": res.best_eval_loss})
+            except BaseException:
+                for name in (REPORT_HTML, REPORT_JSON):  # the local best is kept; a report saying "exported" is not
+                    (Path(res.best_dir) / name).unlink(missing_ok=True)
+                raise
+            state.update(stage="done")
+            _drop_mirror(cfg)
     finally:
         if server:
             server.stop()
     tidied = _tidy(work, Path(res.best_dir), dest, cfg.output.keepCheckpoints)
     if tidied.get("bestDir"):
         res.best_dir = tidied["bestDir"]
-    report = {**res.as_dict(), "exportedTo": dest, "workDir": tidied}
-    (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    record.result = {**res.as_dict(), "exportedTo": dest, "workDir": tidied}
+    html = write_report(record, work)
     if report_json:
-        Path(report_json).write_text(json.dumps(report, indent=2, default=str))
-    _print_summary(res, dest, tidied)
+        Path(report_json).write_text(json.dumps(record.to_dict(), indent=2, default=str))
+    console.print_summary(res, dest, tidied, html)
     write_outcome(Outcome(
         ok=True, reason=Reason.COMPLETED.value, message=f"best checkpoint at step {res.best_step} exported",
         bestCheckpoint=BestCheckpoint(uri=dest, step=res.best_step, evalLoss=res.best_eval_loss),
@@ -250,6 +286,50 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
         resolved={k: v for k, v in res.resolved.items() if k != "origin"},
     ))
     return 0
+
+
+@contextlib.contextmanager
+def _reporting(record: RunRecord, work: str | Path | None, state: ProgressState, job):
+    """However the block ends in failure, the run report is written to `work` and published to spec.output.uri.
+
+    `job` returns (run config, manifest folder) once they are loaded. A
+    preemption writes the report only locally: the next pod carries on.
+    """
+    try:
+        yield
+    except BaseException as e:
+        if work is not None:
+            reason, message = _failure_of(e)
+            record.finish(False, reason, message, state)
+            html = write_report(record, Path(work))
+            cfg, base = job()
+            if html is not None and cfg is not None and reason != Reason.PREEMPTED.value:
+                where = publish_failure_report(Path(work), _output_location(cfg.output.uri, base),
+                                               endpoint=cfg.output.endpoint, region=cfg.output.region)
+                print(f"run report: {html}" + (f" (also at {where})" if where and where != str(html) else ""),
+                      file=sys.stderr)
+        raise
+
+
+def _failure_of(e: BaseException) -> tuple[str, str]:
+    """(reason, message) of the exception that ended a run, as the report shows it."""
+    if isinstance(e, RuntimeFailure):
+        reason = str(getattr(e.reason, "value", e.reason))
+        return reason, (f"sanity check failed: {e}" if e.sanity is not None else str(e))
+    if isinstance(e, ManifestError):
+        return Reason.INVALID_SPEC.value, "; ".join(e.errors)
+    if isinstance(e, _Terminated):
+        return Reason.PREEMPTED.value, "stopped by SIGTERM outside training; the next pod runs this stage again"
+    if isinstance(e, KeyboardInterrupt):
+        return "Interrupted", "stopped by Ctrl-C"
+    return Reason.INTERNAL_ERROR.value, f"internal error: {type(e).__name__}: {e}"
+
+
+def _exported_name(location: str) -> str:
+    """What export_checkpoint will return for a destination: s3:// as given, a directory as file://<absolute path>."""
+    if location.startswith("s3://"):
+        return location.rstrip("/")
+    return f"file://{Path(location.removeprefix('file://')).expanduser().resolve()}"
 
 
 def _output_location(uri: str, base: Path) -> str:
@@ -287,47 +367,3 @@ def _drop_mirror(cfg: RunConfig) -> None:
         delete_mirror(cfg)
     except Exception as e:  # storage trouble here must not fail a finished job
         emit("checkpoint_mirror_not_deleted", level="warning", error=f"{type(e).__name__}: {e}"[:300])
-
-
-def _print_resolved(prep) -> None:
-    r = prep.resolved
-    print(f"model: {prep.cfg.model.source} ({r.parameters / 1e6:.1f}M parameters, size class {r.sizeClass}) on "
-          f"{prep.hardware.device_name}, {r.dtype}, attention {r.attention}")
-    print(f"data: {len(prep.train.examples)} train / {len(prep.val.examples)} validation rows, "
-          f"{prep.train.truncated} truncated, {len(prep.train.all_masked)} fully masked")
-    print(f"hyperparameters: lr {r.learningRate:g}, epochs {r.epochs:g}, batch {r.perDeviceBatchSize} x {r.devices} device(s) "
-          f"x {r.gradientAccumulationSteps} accumulation = {r.effectiveBatchSize}, warmup {r.warmupRatio:g}, "
-          f"{r.lrScheduler}, {r.totalSteps} steps, eval every {r.evalSteps}")
-    defaults = sorted(k for k, v in r.origin.items() if v != "spec")
-    if defaults:
-        print(f"  chosen by model size / defaults: {', '.join(defaults)}")
-
-
-def _sample_line(text: str | None) -> str:
-    """A generation squeezed onto one summary line."""
-    return "n/a (resumed run)" if text is None else one_line(text, limit=160)
-
-
-def _print_summary(res, dest: str, tidied: dict) -> None:
-    def fmt(x):
-        return "n/a" if x is None else f"{x:.4f}"
-
-    prompt = next((m["content"] for m in reversed(res.sample_prompt or []) if m["role"] == "user"), "")
-    lines = [
-        "",
-        "=" * 72,
-        f"SFTJob {res.name}: done in {res.duration_seconds:.0f} s, {res.steps} steps, {res.tokens_seen} tokens",
-        f"eval loss      before {fmt(res.eval_loss_before)}  ->  after {fmt(res.eval_loss_after)}",
-        f"best checkpoint step {res.best_step}, eval loss {fmt(res.best_eval_loss)}",
-        f"  exported: {dest}" if tidied.get("bestDir") else f"  local:    {res.best_dir}\n  exported: {dest}",
-        "checkpoints: pruned after the export (spec.output.keepCheckpoints: true keeps them)"
-        if tidied["checkpoints"] == "pruned" else f"checkpoints: kept in {tidied['checkpointsDir']}",
-        f"sample prompt: {prompt}",
-        f"  before: {_sample_line(res.sample_before)}",
-        f"  after:  {_sample_line(res.sample_after)}",
-    ]
-    if res.warnings:
-        lines.append(f"warnings ({len(res.warnings)}):")
-        lines.extend(f"  - {w}" for w in res.warnings)
-    lines.append("=" * 72)
-    print("\n".join(lines))

@@ -103,6 +103,19 @@ def trained_spans(tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int], 
     ]
 
 
+def labelled_segments(tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int], labels: Sequence[int]) -> list[tuple[str, bool]]:
+    """The whole example decoded in consecutive pieces, each marked trained or not (what report.html highlights)."""
+    pieces: list[tuple[str, bool]] = []
+    cursor = 0
+    for start, end in [*trained_runs(labels), (len(input_ids), len(input_ids))]:
+        for a, b, trained in ((cursor, start, False), (start, end, True)):
+            if b > a:
+                pieces.append((tokenizer.decode(list(input_ids[a:b]), skip_special_tokens=False,
+                                                clean_up_tokenization_spaces=False), trained))
+        cursor = end
+    return pieces
+
+
 class ConversationMasker:
     """Tokenizes conversations with loss masks, for one tokenizer and chat template.
 

@@ -21,18 +21,33 @@ ENV_PROGRESS_BIND = "SFTJOB_PROGRESS_BIND"
 class ProgressState:
     """Thread-safe holder of the latest snapshot."""
 
+    # Warnings kept for the run report (status shows only the latest `keep`).
+    LOGGED_WARNINGS = 500
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._progress = Progress()
+        self._logged: list[dict] = []
 
     def update(self, **fields) -> None:
         with self._lock:
             self._progress = self._progress.model_copy(update=fields)
 
-    def warn(self, message: str, keep: int = 10) -> None:
+    def warn(self, message: str, keep: int = 10, step: int | None = None) -> None:
+        """Add a warning ("kind: text") to the progress; it is logged for the report at `step` (default: the current one)."""
         with self._lock:
             warnings = (self._progress.warnings + [message])[-keep:]
+            kind, _, text = message.partition(": ")
+            if len(self._logged) < self.LOGGED_WARNINGS:
+                self._logged.append({"step": step if step is not None else self._progress.step,
+                                     "stage": self._progress.stage, "kind": kind if text else "warning",
+                                     "message": text or message})
             self._progress = self._progress.model_copy(update={"warnings": warnings})
+
+    def logged_warnings(self) -> list[dict]:
+        """Every warning of the run (up to LOGGED_WARNINGS) with the step and stage it was raised at."""
+        with self._lock:
+            return [dict(w) for w in self._logged]
 
     def snapshot(self) -> Progress:
         with self._lock:

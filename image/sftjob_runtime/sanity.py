@@ -144,8 +144,18 @@ def _loss_verdict(sc, lr: float, initial: float, final: float, grad_norms: list[
     return None
 
 
-def run_sanity(prep, state=None) -> SanityResult:
-    """Check the data, then train `sanityCheck.steps` steps on `sanityCheck.samples` rows and judge the outcome."""
+def run_sanity(prep, state=None, record=None) -> SanityResult:
+    """Check the data, then train `sanityCheck.steps` steps on `sanityCheck.samples` rows and judge the outcome.
+
+    `record` (a `run_report.RunRecord`) gets the findings, the generation and the steps' log.
+    """
+    result, generation, history = _check(prep, state)
+    if record is not None:
+        record.sanity_done(result, generation, history)
+    return result
+
+
+def _check(prep, state) -> tuple[SanityResult, str | None, list[dict]]:
     from datasets import Dataset
 
     from sftjob_runtime.callbacks import MonitorCallback, TokenCounter
@@ -157,7 +167,7 @@ def run_sanity(prep, state=None) -> SanityResult:
     sc = cfg.sanityCheck
     found = data_findings(cfg, prep.train, prep.tokenizer, prep.end_of_turn)
     if found is not None:
-        return found
+        return found, None, []
     rows = prep.train.rows[: sc.samples]
     examples = prep.train.examples[: sc.samples]
     masked = sum(1 for x in rows if x.num_trained_tokens == 0)
@@ -171,7 +181,7 @@ def run_sanity(prep, state=None) -> SanityResult:
     if masked == len(rows):
         return SanityResult(passed=False, reason=Reason.SANITY_ALL_MASKED.value,
                             message=f"all {len(rows)} sampled rows have no trained token: check the assistant turns, "
-                                    "spec.model.chatTemplate and spec.training.maxSeqLength", **base)
+                                    "spec.model.chatTemplate and spec.training.maxSeqLength", **base), None, []
     records = [{"input_ids": x.input_ids, "labels": x.labels} for x in rows if x.num_trained_tokens > 0]
     state = state or ProgressState()
     state.update(stage="sanity", step=0, totalSteps=sc.steps)
@@ -191,7 +201,8 @@ def run_sanity(prep, state=None) -> SanityResult:
         counter = TokenCounter()
         args = build_sft_config(cfg, r, RunPaths(Path(tmp)), has_eval=False, sanity_steps=sc.steps)
         data = Dataset.from_list(records)
-        trainer = build_trainer(prep, args, model, data, data, [_Record(state, counter, stage="sanity")], counter)
+        recorder = _Record(state, counter, stage="sanity")
+        trainer = build_trainer(prep, args, model, data, data, [recorder], counter)
         # Judge on the same rows before and after: per-step losses come from different
         # batches and would compare unlike with unlike.
         initial = float(trainer.evaluate()["eval_loss"])
@@ -204,12 +215,15 @@ def run_sanity(prep, state=None) -> SanityResult:
     verdict = _loss_verdict(sc, r.learningRate, initial, final, grad_norms, losses)
     if verdict is not None:
         return SanityResult(passed=False, reason=verdict[0], message=verdict[1],
-                            **{k: (v if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in result.items()})
+                            **{k: (v if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in result.items()}
+                            ), generation, recorder.history
     why = garbled(generation)
     if why:
         return SanityResult(passed=False, reason=Reason.SANITY_GARBLED_GENERATION.value,
-                            message=f"{why} after the sanity steps: check spec.model.chatTemplate and the tokenizer", **result)
-    return SanityResult(passed=True, reason="Passed", message=f"loss {initial:.4f} -> {final:.4f} in {sc.steps} steps", **result)
+                            message=f"{why} after the sanity steps: check spec.model.chatTemplate and the tokenizer", **result
+                            ), generation, recorder.history
+    return (SanityResult(passed=True, reason="Passed", message=f"loss {initial:.4f} -> {final:.4f} in {sc.steps} steps", **result),
+            generation, recorder.history)
 
 
 def failure(result: SanityResult) -> RuntimeFailure:

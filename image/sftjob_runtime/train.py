@@ -26,6 +26,7 @@ from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.events import emit
 from sftjob_runtime.hparams import Resolved, checkpoint_write_seconds
 from sftjob_runtime.prepare import Prepared, prepare_run
+from sftjob_runtime.run_report import RunRecord
 from sftjob_runtime.progress_server import ProgressState
 from sftjob_runtime.trainer import build_trainer, generate_sample, load_model
 from sftjob_runtime.trainer_config import RunPaths, build_sft_config, configure_metric_sinks
@@ -62,8 +63,12 @@ class TrainResult:
         return asdict(self)
 
 
-def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) -> TrainResult:
-    """Train, evaluate before/after, keep the best checkpoint in work_dir/best and write report.json."""
+def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, record: RunRecord | None = None) -> TrainResult:
+    """Train, evaluate before/after and keep the best checkpoint in work_dir/best.
+
+    `record` (the run report) gets the log history as it grows, so a run that
+    fails mid-way still reports its curves.
+    """
     from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -84,6 +89,8 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
     eval_ds = Dataset.from_list(val_records) if val_records else None
     counter = TokenCounter()
     monitor = MonitorCallback(state, counter)
+    if record is not None:
+        record.history = monitor.history
     callbacks = [monitor]
     # Building the arguments sets up the process group when torchrun started several processes.
     args = build_sft_config(cfg, r, paths, has_eval=eval_ds is not None)
@@ -165,8 +172,9 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None) ->
         warnings=list(state.snapshot().warnings),
         resumed_from=last,
     )
-    if main:
-        paths.report.write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    if record is not None:
+        # The trainer's own history: on a resumed run it holds the steps before the restart too.
+        record.history = [dict(e) for e in trainer.state.log_history]
     state.update(stage="exporting", bestEvalLoss=result.best_eval_loss, bestStep=best_step)
     return result
 

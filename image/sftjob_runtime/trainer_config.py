@@ -37,10 +37,6 @@ class RunPaths:
         return self.root / "tensorboard"
 
     @property
-    def report(self) -> Path:
-        return self.root / "report.json"
-
-    @property
     def resolved(self) -> Path:
         return self.root / "resolved.json"
 

@@ -114,9 +114,9 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool],
         # The check is one process; with several GPUs visible, one process would fall into
         # DataParallel (which TRL refuses), so it gets the first GPU only.
         only_first = [{"name": "CUDA_VISIBLE_DEVICES", "value": "0"}] if r.gpus > 1 else []
-        pod["initContainers"] = [_container(
-            vocab.SANITY_CONTAINER, image, job, config, files, pvcs, ["sftjob", "sanity", vocab.RUN_CONFIG_PATH], only_first,
-        )]
+        # --output: the findings stay on the shared work volume for the train container's run report.
+        sanity_args = ["sftjob", "sanity", vocab.RUN_CONFIG_PATH, "--output", OUTPUT_DIR]
+        pod["initContainers"] = [_container(vocab.SANITY_CONTAINER, image, job, config, files, pvcs, sanity_args, only_first)]
     train_args = ["sftjob", "run", vocab.RUN_CONFIG_PATH, "--output", OUTPUT_DIR]
     if r.gpus > 1:
         # One data-parallel process per GPU (DDP); rank 0 reports and exports.

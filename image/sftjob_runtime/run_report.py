@@ -1,0 +1,153 @@
+"""The run report: what one run did, gathered as it goes and written at its end, however it ends.
+
+`RunRecord` collects the resolved settings, two training examples as the
+trainer sees them, the sanity check, the trainer's log history and every
+warning with its step. At the end (a finished run, a failed sanity check, a
+crash) it is written as `report.json` and rendered as `report.html`
+(`report_html`) in the work directory. A successful run ships both inside
+the exported model, so they are in its manifest; a failed one publishes
+them to `spec.output.uri` when it can, so the report of a pod whose volume
+is gone can still be read with `sftjob report OUTPUT_URI`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from sftjob_runtime.events import emit
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+# What the sanity init container leaves for the train container (same work volume).
+SANITY_JSON = "sanity.json"
+EXAMPLES_SHOWN = 2
+
+
+class RunRecord:
+    """Everything report.html shows; each part is filled in when the run gets there."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = time.time()
+        self.outcome: dict = {"ok": False, "reason": "InternalError", "message": "the run did not finish"}
+        self.setup: dict = {}  # model, resolved (with origins), hardware, data counts
+        self.examples: list[dict] = []
+        self.sanity: dict | None = None
+        self.history: list[dict] = []
+        self.warnings: list[dict] = []
+        self.result: dict = {}  # train.TrainResult, once training finished
+
+    def prepared(self, prep) -> None:
+        """What was decided before the first step, and the first training examples as tokenized."""
+        from sftjob_runtime.masking import labelled_segments
+
+        self.setup = {
+            "model": prep.cfg.model.source,
+            "resolved": prep.resolved.as_dict(),
+            "hardware": prep.hardware.as_dict(),
+            "data": {"trainRows": len(prep.train.examples), "validationRows": len(prep.val.examples),
+                     "trainTokens": prep.train.tokens, "truncatedRows": prep.train.truncated + prep.val.truncated,
+                     "fullyMaskedRows": len(prep.train.all_masked) + len(prep.val.all_masked)},
+        }
+        self.examples = [
+            {"source": ex.source, "num_tokens": row.num_tokens, "num_trained_tokens": row.num_trained_tokens,
+             "truncated": row.truncated, "segments": labelled_segments(prep.tokenizer, row.input_ids, row.labels)}
+            for ex, row in list(zip(prep.train.examples, prep.train.rows))[:EXAMPLES_SHOWN]
+        ]
+
+    def sanity_done(self, result, generation: str | None = None, history: list[dict] | None = None) -> None:
+        """The sanity check's findings (a `SanityResult`), the text generated after its steps and its log."""
+        self.sanity = {**result.model_dump(mode="json", exclude_none=True), "generation": generation,
+                       "log_history": list(history or [])}
+
+    def load_sanity(self, work_dir: Path) -> None:
+        """The sanity check the init container ran in this pod (its `sanity.json`), when there is one."""
+        path = Path(work_dir) / SANITY_JSON
+        if self.sanity is None and path.is_file():
+            try:
+                self.sanity = json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass
+
+    def save_sanity(self, work_dir: Path) -> None:
+        if self.sanity is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+            (Path(work_dir) / SANITY_JSON).write_text(json.dumps(self.sanity, indent=2, default=str))
+
+    def finish(self, ok: bool, reason: str, message: str, state=None) -> None:
+        self.outcome = {"ok": ok, "reason": reason, "message": message}
+        if state is not None:
+            self.warnings = state.logged_warnings()
+
+    def to_dict(self) -> dict:
+        """report.json: the train result's keys (as before) plus what the HTML report needs."""
+        base = {"name": self.name, "duration_seconds": round(time.time() - self.started, 1), **self.setup}
+        return {**base, **self.result, "outcome": self.outcome, "started": self.started, "examples": self.examples,
+                "sanity": self.sanity, "log_history": self.history, "warning_events": self.warnings}
+
+
+def write_report(record: RunRecord, directory: Path) -> Path | None:
+    """Write report.json and report.html into directory; returns the HTML's path (None when it could not be made).
+
+    A report must never change the outcome of the run it describes: a failure here is a warning.
+    """
+    from sftjob_runtime.report_html import render_report
+
+    directory = Path(directory)
+    data = record.to_dict()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / REPORT_JSON).write_text(json.dumps(data, indent=2, default=str))
+        html = directory / REPORT_HTML
+        html.write_text(render_report(data), encoding="utf-8")
+        return html
+    except Exception as e:  # noqa: BLE001 - whatever broke, the run's own result stands
+        emit("report_not_written", level="warning", directory=str(directory), error=f"{type(e).__name__}: {e}"[:300])
+        return None
+
+
+def publish_failure_report(directory: Path, uri: str, *, endpoint: str | None, region: str | None) -> str | None:
+    """Copy a failed run's report.json/html to spec.output.uri (an S3 prefix or a directory); returns where.
+
+    The training pod's volume goes with the pod: this is where a failed run's
+    report survives. Only the two report files are written (no manifest: there
+    is no model). A storage error is a warning.
+    """
+    from sftjob_runtime import s3
+
+    files = [Path(directory) / n for n in (REPORT_HTML, REPORT_JSON) if (Path(directory) / n).is_file()]
+    if not files:
+        return None
+    try:
+        if uri.startswith("s3://"):
+            bucket, prefix = s3.split(uri)
+            client = s3.client(endpoint, region)
+            for f in files:
+                kind = "text/html; charset=utf-8" if f.suffix == ".html" else "application/json"
+                s3.put_bytes(client, bucket, f"{prefix.strip('/')}/{f.name}".lstrip("/"), f.read_bytes(), content_type=kind)
+            return f"{uri.rstrip('/')}/{REPORT_HTML}"
+        dest = Path(uri.removeprefix("file://")).expanduser()
+        if dest.resolve() == Path(directory).resolve():
+            return str(dest / REPORT_HTML)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (dest / f.name).write_bytes(f.read_bytes())
+        return str(dest / REPORT_HTML)
+    except Exception as e:  # noqa: BLE001 - the failure being reported matters more than its report
+        emit("report_not_published", level="warning", uri=uri, error=s3.describe(e))
+        return None
+
+
+def read_report(location: str, *, endpoint: str | None = None, region: str | None = None) -> dict:
+    """report.json of a run directory, an exported model directory or an output URI (s3://, file://, a path)."""
+    from sftjob_runtime import s3
+
+    if location.startswith("s3://"):
+        bucket, prefix = s3.split(location)
+        key = f"{prefix.strip('/')}/{REPORT_JSON}".lstrip("/")
+        body = s3.client(endpoint, region).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return json.loads(body)
+    path = Path(location.removeprefix("file://")).expanduser()
+    return json.loads((path / REPORT_JSON if path.is_dir() else path).read_text())
