@@ -294,7 +294,12 @@ def status_schema() -> dict:
                       "enum": [p.value for p in Phase]},
             "conditions": {
                 "type": "array",
-                "description": "Conditions with typed reasons (SanityChecked, Training, Exported, Succeeded, Failed, ...).",
+                "description": (
+                    "Conditions with typed reasons: the stages (SanityChecked, Training, Exported), the outcome "
+                    "(Succeeded, Failed), Suspended, SpecChangeIgnored, and the summary GitOps tools read: Ready "
+                    "(True only once the job succeeded; what `kubectl wait --for=condition=Ready` waits for), "
+                    "Reconciling (True while work is in progress) and Stalled (True once the job failed for good)."
+                ),
                 "items": condition,
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
@@ -323,6 +328,9 @@ def status_schema() -> dict:
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
+    # Only with `kubectl get -o wide`: Phase already says as much at a glance.
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status', "priority": 1,
+     "description": "The Ready condition: True once the job succeeded."},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.source", "description": "Base model."},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "description": "Optimizer steps done."},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Latest training loss."},
@@ -496,7 +504,8 @@ def reference_markdown(crd: dict | None = None) -> str:
     lines += body
     lines += ["", "## kubectl get columns", "", "| Column | Type | From |", "|---|---|---|"]
     for col in version["additionalPrinterColumns"]:
-        lines.append(f"| {col['name'].upper()} | {col['type']} | `{col['jsonPath']}` |")
+        wide = " (`-o wide`)" if col.get("priority") else ""
+        lines.append(f"| {col['name'].upper()}{wide} | {col['type']} | `{col['jsonPath']}` |")
     return "\n".join(lines) + "\n"
 
 

@@ -38,6 +38,12 @@ class ConditionType(str, Enum):
     SUSPENDED = "Suspended"
     # A spec edit arrived after the Job was created (the CRD forbids it; shown if it slips through).
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+    # The summary GitOps tools read (kubectl wait, Flux's kstatus, Argo CD): derived from the phase
+    # and the conditions above, never set on their own. Ready is True only once the job succeeded;
+    # Reconciling (work in progress) and Stalled (a terminal failure) are True when abnormal.
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class Reason(str, Enum):

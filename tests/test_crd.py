@@ -157,12 +157,15 @@ def test_names_and_version(crd):
 
 
 def test_printer_columns(crd):
-    cols = {c["name"]: c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    cols = {c["name"]: c["jsonPath"] for c in columns}
     assert cols == {
-        "Phase": ".status.phase", "Model": ".spec.model.source", "Step": ".status.progress.step",
-        "Loss": ".status.progress.loss", "Eval-Loss": ".status.progress.evalLoss",
+        "Phase": ".status.phase", "Ready": '.status.conditions[?(@.type=="Ready")].status', "Model": ".spec.model.source",
+        "Step": ".status.progress.step", "Loss": ".status.progress.loss", "Eval-Loss": ".status.progress.evalLoss",
         "Best": ".status.bestCheckpoint.evalLoss", "Age": ".metadata.creationTimestamp",
     }
+    # `kubectl get sftjobs` keeps its columns; READY shows with -o wide.
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Phase", "Model", "Step", "Loss", "Eval-Loss", "Best", "Age"]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -232,6 +235,7 @@ def test_status_schema_is_described(schema):
     ]
     cond = status["conditions"]["items"]["properties"]
     assert set(cond) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
+    assert {"Ready", "Reconciling", "Stalled"} <= set(cond["type"]["enum"])  # what kubectl wait and kstatus read
     for name in ("progress", "sanityCheck", "bestCheckpoint", "jobName", "observedGeneration", "startTime",
                  "completionTime", "resolved"):
         assert name in status

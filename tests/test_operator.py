@@ -24,6 +24,7 @@ import kmock
 import pytest
 from sftjob.report import BestCheckpoint, Outcome, SanityResult
 
+from tests.support.kstatus import CURRENT, FAILED, IN_PROGRESS, kstatus, kubectl_wait_met
 from tests.support.kube import ApiError, RunningEmulator, running_emulator, wait_for
 from tests.support.playback import (
     SANITY_PASSED,
@@ -240,8 +241,10 @@ def test_fixing_an_invalid_spec_starts_the_job(cluster: Cluster, ns: str) -> Non
     cluster.client.patch(API, "sftjobs", ns, "fixed", {"spec": {"training": {"learningRate": 2e-5}}})
     cluster.wait_job("fixed", ns)
     obj = cluster.wait_phase("fixed", ns, "Pending")
-    assert [c["type"] for c in obj["status"]["conditions"]] == ["SanityChecked"]  # the InvalidSpec failure is gone
-    assert obj["status"]["observedGeneration"] == 2
+    # The InvalidSpec failure is gone, and the summary answers the fixed spec.
+    assert [c["type"] for c in obj["status"]["conditions"]] == ["SanityChecked", "Ready", "Reconciling", "Stalled"]
+    assert obj["status"]["observedGeneration"] == 2 and cluster.condition(obj, "Stalled")["observedGeneration"] == 2
+    assert cluster.condition(obj, "Stalled")["status"] == "False" and kstatus(obj)[0] == IN_PROGRESS
 
 
 def test_queued_job_is_created_suspended_with_the_queue_label(cluster: Cluster, ns: str) -> None:
@@ -278,6 +281,10 @@ def test_lifecycle_from_sanity_check_to_succeeded_with_live_progress(cluster: Cl
     assert status["sanityCheck"]["passed"] is True
     assert cluster.condition(obj, "SanityChecked")["reason"] == "Passed"
     assert not obj["metadata"].get("finalizers")  # polling needs none: deleting a running SFTJob never waits
+    ready, reconciling = cluster.condition(obj, "Ready"), cluster.condition(obj, "Reconciling")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "Training", "Training: The train container is running.")
+    assert (reconciling["status"], reconciling["reason"]) == ("True", "Running")
+    assert kstatus(obj)[0] == IN_PROGRESS and not kubectl_wait_met(obj, "Ready")
 
     cluster.progress.payload = {"stage": "training", "step": 41, "totalSteps": 200, "loss": 1.40}
     cluster.wait("the next poll", lambda: cluster.sftjob("life", ns)["status"]["progress"]["step"] == 41)
@@ -296,8 +303,16 @@ def test_lifecycle_from_sanity_check_to_succeeded_with_live_progress(cluster: Cl
     assert cluster.condition(obj, "Succeeded")["message"] == (
         "Training finished; the checkpoint (step 180, eval loss 0.8123) is at s3://models/life/best."
     )
+    # What `kubectl wait --for=condition=Ready` and Flux read.
+    ready = cluster.condition(obj, "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("True", "Completed", cluster.condition(obj, "Succeeded")["message"])
+    assert [cluster.condition(obj, t)["status"] for t in ("Reconciling", "Stalled")] == ["False", "False"]
+    assert ready["observedGeneration"] == obj["metadata"]["generation"] == obj["status"]["observedGeneration"]
+    assert kstatus(obj)[0] == CURRENT and kubectl_wait_met(obj, "Ready")
     expected = {"JobCreated", "SanityChecking", "Training", "Exporting", "Succeeded"}
     cluster.wait("transition events", lambda: {e["reason"] for e in cluster.events(ns, "life")} >= expected)
+    # The summary conditions restate the others: they add no Events of their own.
+    assert {e["reason"] for e in cluster.events(ns, "life")} == expected
 
 
 def test_sanity_failure_fails_with_the_report(cluster: Cluster, ns: str) -> None:
@@ -314,6 +329,10 @@ def test_sanity_failure_fails_with_the_report(cluster: Cluster, ns: str) -> None
     cond = cluster.condition(obj, "Failed")
     assert (cond["reason"], cond["message"]) == ("SanityAllMasked", outcome.message)
     assert obj["status"]["sanityCheck"] == {"passed": False, "reason": "SanityAllMasked", "rows": 32, "maskedRows": 32}
+    stalled = cluster.condition(obj, "Stalled")
+    assert (stalled["status"], stalled["reason"], stalled["message"]) == ("True", "SanityAllMasked", outcome.message)
+    assert cluster.condition(obj, "Ready")["status"] == "False" and kstatus(obj) == (FAILED, outcome.message)
+    assert kubectl_wait_met(obj, "Stalled") and not kubectl_wait_met(obj, "Ready")
     events = cluster.wait("a Warning event", lambda: [e for e in cluster.events(ns, "sanity") if e["type"] == "Warning"])
     assert events[0]["reason"] == "SanityAllMasked"
 
@@ -404,6 +423,8 @@ def test_suspend_and_resume_patch_the_job(cluster: Cluster, ns: str) -> None:
     obj = cluster.wait_phase("pause", ns, "Suspended")
     assert cluster.condition(obj, "Suspended")["status"] == "True"
     assert obj["status"]["observedGeneration"] == 2
+    assert [cluster.condition(obj, t)["observedGeneration"] for t in ("Ready", "Reconciling", "Stalled")] == [2, 2, 2]
+    assert cluster.condition(obj, "Reconciling")["status"] == "False"
     cluster.client.patch(API, "sftjobs", ns, "pause", {"spec": {"suspend": False}})
     cluster.wait("the Job to be resumed", lambda: not cluster.client.get("batch/v1", "jobs", ns, "pause-sft")["spec"]["suspend"])
     obj = cluster.wait_phase("pause", ns, "Pending")
@@ -420,7 +441,7 @@ def test_spec_edits_after_the_job_exists_are_reported_not_applied(cluster: Clust
     cond = cluster.condition(obj, "SpecChangeIgnored")
     assert cond["message"].startswith("Changes to spec.training.learningRate were not applied: Job edit-sft already runs")
     assert "new metadata.name" in cond["message"]
-    assert obj["status"]["observedGeneration"] == 2
+    assert obj["status"]["observedGeneration"] == 2 and cluster.condition(obj, "Ready")["observedGeneration"] == 2
     assert cluster.client.get("batch/v1", "jobs", ns, "edit-sft")["metadata"]["resourceVersion"] == job["metadata"]["resourceVersion"]
 
 
@@ -659,6 +680,59 @@ def test_follower_keeps_sftjobs_by_uid_and_catches_up_only_when_it_can_help() ->
         return reconciled
 
     assert asyncio.run(scenario()) == ["b1:Pending", "u1:Training"]  # b catches up once; a when listed
+
+
+def test_follower_gives_a_finished_sftjob_its_summary_and_observes_later_spec_edits() -> None:
+    """A status written before Ready/Reconciling/Stalled existed gains them (no Job needed); an edit moves observedGeneration."""
+    import asyncio
+    import logging
+
+    from sftjob_operator.conditions import apply_merge_patch
+    from sftjob_operator.config import OperatorConfig
+    from sftjob_operator.follow import Follower
+    from sftjob_operator.metrics import Metrics
+
+    class Kube:
+        def __init__(self) -> None:
+            self.status: dict[str, Any] = {"phase": "Succeeded", "jobName": "a-sft", "observedGeneration": 1, "conditions": [
+                {"type": "Succeeded", "status": "True", "reason": "Completed", "message": "done",
+                 "lastTransitionTime": "2026-11-25T12:00:00Z"}]}
+            self.patches: list[dict[str, Any]] = []
+
+        async def patch(self, api: str, kind: str, namespace: str, name: str, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+            self.patches.append(body["status"])
+            self.status = apply_merge_patch(self.status, body["status"])
+            return {"status": self.status}
+
+    class Events:
+        def __init__(self) -> None:
+            self.posted: list[str] = []
+
+        def post(self, ref: Any, type_: str, reason: str, message: str) -> None:
+            self.posted.append(reason)
+
+    kube, events = Kube(), Events()
+
+    def body(generation: int) -> dict[str, Any]:
+        return {"metadata": {"name": "a", "namespace": "n", "uid": "u1", "generation": generation},
+                "spec": {"suspend": generation > 1}, "status": kube.status}
+
+    async def scenario() -> None:
+        follower = Follower(kube, OperatorConfig(), Metrics(), None, events)  # type: ignore[arg-type]
+        follower.attach({}, {})  # its Job is long gone (ttlSecondsAfterFinished)
+        key = ("n", "a")
+        await follower.sftjob_changed(key, None, body(1))
+        await follower.resumed(key)
+        await follower.resumed(key)  # nothing more to write
+        assert await follower.spec_changed(key, body(2), {"suspend": False}, {"suspend": True}, logging.getLogger("t"))
+
+    asyncio.run(scenario())
+    assert len(kube.patches) == 2 and events.posted == []
+    assert [c["type"] for c in kube.patches[0]["conditions"]] == ["Succeeded", "Ready", "Reconciling", "Stalled"]
+    ready = next(c for c in kube.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["message"], ready["observedGeneration"]) == ("True", "done", 2)
+    assert kube.status["observedGeneration"] == 2 and kube.status["phase"] == "Succeeded"
+    assert kstatus({"metadata": {"generation": 2}, "status": kube.status})[0] == CURRENT
 
 
 def test_events_are_posted_in_order_behind_the_create_path_and_drained_at_exit() -> None:

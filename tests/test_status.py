@@ -120,13 +120,22 @@ def make_pod(*, phase: str = "Running", init: dict | None = None, main: dict | N
     }
 
 
+CREATED_MESSAGE = "Job llama-sft-v1-sft created; waiting for its pod to be scheduled."
 PENDING_STATUS = {
     "phase": "Pending",
     "jobName": "llama-sft-v1-sft",
     "observedGeneration": 1,
-    "conditions": [{"type": "SanityChecked", "status": "Unknown", "reason": "JobCreated",
-                    "message": "Job llama-sft-v1-sft created; waiting for its pod to be scheduled.",
-                    "lastTransitionTime": STAMP0}],
+    "conditions": [
+        {"type": "SanityChecked", "status": "Unknown", "reason": "JobCreated", "message": CREATED_MESSAGE,
+         "lastTransitionTime": STAMP0},
+        # The summary GitOps tools read (readiness.py), for generation 1.
+        {"type": "Ready", "status": "False", "reason": "Pending", "message": f"Pending: {CREATED_MESSAGE}",
+         "lastTransitionTime": STAMP0, "observedGeneration": 1},
+        {"type": "Reconciling", "status": "True", "reason": "JobCreated", "message": CREATED_MESSAGE,
+         "lastTransitionTime": STAMP0, "observedGeneration": 1},
+        {"type": "Stalled", "status": "False", "reason": "Pending", "message": "Not stalled: the job is Pending.",
+         "lastTransitionTime": STAMP0, "observedGeneration": 1},
+    ],
 }
 
 SANITY_PASSED = Outcome(
@@ -172,10 +181,11 @@ def assert_fits_crd(status: dict) -> None:
 
 
 def step(current: dict, job: dict | None, pods: list[dict] = (), progress: Progress | None = None,
-         *, suspend: bool = False, now: datetime.datetime = T1, hint: str | None = None) -> tuple[dict, dict]:
+         *, suspend: bool = False, now: datetime.datetime = T1, hint: str | None = None,
+         generation: int | None = None) -> tuple[dict, dict]:
     """compute_status, and the status after applying its patch (checked against the CRD's status schema)."""
     extra = {"hint": hint} if hint is not None else {}
-    patch = compute_status(current, job, list(pods), progress, suspend=suspend, now=now, **extra)
+    patch = compute_status(current, job, list(pods), progress, suspend=suspend, now=now, generation=generation, **extra)
     after = apply_merge_patch(current, patch)
     assert_fits_crd(after)
     return patch, after
@@ -191,14 +201,14 @@ def cond(status: dict, ctype: str) -> dict:
 
 
 def test_new_job_without_pods_is_pending_with_a_created_condition():
-    patch, status = step({}, make_job(), now=T0)
+    patch, status = step({}, make_job(), now=T0, generation=1)
     assert patch == {"phase": "Pending", "conditions": PENDING_STATUS["conditions"], "startTime": "2026-11-25T11:59:00Z"}
     assert status == patch
 
 
 def test_without_sanity_check_the_first_stage_is_training():
     _, status = step({}, make_job(sanity=False), now=T0)
-    assert [c["type"] for c in status["conditions"]] == ["Training"]
+    assert [c["type"] for c in status["conditions"]] == ["Training", "Ready", "Reconciling", "Stalled"]
     assert cond(status, "Training")["reason"] == "JobCreated"
 
 
@@ -590,9 +600,16 @@ def test_preempted_last_pod_of_a_failed_job():
 
 
 def test_finished_status_is_final():
-    finished = {"phase": "Failed", "jobName": "llama-sft-v1-sft", "conditions": [
+    finished = {"phase": "Failed", "jobName": "llama-sft-v1-sft", "observedGeneration": 1, "conditions": [
         {"type": "Failed", "status": "True", "reason": "OutOfMemory", "message": "m", "lastTransitionTime": STAMP0}]}
-    assert compute_status(finished, make_job(), [make_pod(main=running())]) == {}
+    # Written before the summary conditions existed: it gains them, and nothing else moves.
+    patch = compute_status(finished, make_job(), [make_pod(main=running())], now=T1)
+    assert set(patch) == {"conditions"} and patch["conditions"][0] == finished["conditions"][0]
+    assert [(c["type"], c["status"], c["reason"]) for c in patch["conditions"][1:]] == [
+        ("Ready", "False", "OutOfMemory"), ("Reconciling", "False", "Failed"), ("Stalled", "True", "OutOfMemory")]
+    summarized = apply_merge_patch(finished, patch)
+    assert compute_status(summarized, make_job(), [make_pod(main=running())], now=T1) == {}
+    assert compute_status(summarized, None, [], now=T1) == {}
 
 
 def test_unknown_job_changes_nothing():
@@ -617,14 +634,19 @@ def test_last_transition_time_moves_only_with_status():
 def test_invalid_spec_status_names_the_field():
     status = invalid_spec_status(["spec.training.learningRate: Input should be greater than 0 (got -1.0)"], 1, now=T0)
     assert_fits_crd(status)
+    message = ("Invalid spec: spec.training.learningRate: Input should be greater than 0 (got -1.0). "
+               "Fix the field(s) and apply the SFTJob again.")
+    summary = {"lastTransitionTime": STAMP0, "observedGeneration": 1}
     assert status == {
         "phase": "Failed",
         "observedGeneration": 1,
-        "conditions": [{
-            "type": "Failed", "status": "True", "reason": "InvalidSpec", "lastTransitionTime": STAMP0,
-            "message": "Invalid spec: spec.training.learningRate: Input should be greater than 0 (got -1.0). "
-                       "Fix the field(s) and apply the SFTJob again.",
-        }],
+        "conditions": [
+            {"type": "Failed", "status": "True", "reason": "InvalidSpec", "lastTransitionTime": STAMP0, "message": message},
+            {"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": message, **summary},
+            {"type": "Reconciling", "status": "False", "reason": "Failed",
+             "message": "Nothing left to do: the job failed (InvalidSpec) and is not retried.", **summary},
+            {"type": "Stalled", "status": "True", "reason": "InvalidSpec", "message": message, **summary},
+        ],
     }
 
 

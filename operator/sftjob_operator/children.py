@@ -18,6 +18,7 @@ import kopf
 from sftjob.manifest import ManifestError, parse_sftjob
 from sftjob.vocabulary import ConditionType, Reason
 
+from sftjob_operator.conditions import keep_transition_times
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.events import EventPoster
 from sftjob_operator.kube import ApiError, KubeClient, owned_by
@@ -131,7 +132,9 @@ async def start_sftjob(
     naming each bad field, and creates nothing. A child the API server
     refuses with 403 raises CreateForbidden (kopf retries; its `status` says
     why the job waits); with 400/422 the job fails with CreateRejected.
-    `retry` is kopf's retry count for this handler.
+    `retry` is kopf's retry count for this handler. Every status it returns
+    records the generation it acted on, with the summary conditions
+    (Ready, Reconciling, Stalled) for it.
     """
     obj = _plain(body)
     generation = obj["metadata"].get("generation")
@@ -156,8 +159,8 @@ async def start_sftjob(
         except ChildRefused as e:
             forbidden = e.error.status == 403
             delay = forbidden_retry_seconds(retry) if forbidden else None
-            status = create_refused_status(e.kind, e.name, obj["metadata"].get("namespace"), e.error.status, e.error.message,
-                                           generation, first_stage=first_stage, retry_seconds=delay)
+            status = _kept(body, create_refused_status(e.kind, e.name, obj["metadata"].get("namespace"), e.error.status,
+                                                       e.error.message, generation, first_stage=first_stage, retry_seconds=delay))
             message = status["conditions"][0]["message"]
             if retry == 0:  # one Event per refusal, not one per retry
                 events.post(body, "Warning", status["conditions"][0]["reason"], message)
@@ -169,7 +172,7 @@ async def start_sftjob(
 
     job = next(m for m in manifests if m["kind"] == "Job")
     job_name = job["metadata"]["name"]
-    status = compute_status({}, job, [], None, suspend=sftjob.spec.suspend)
+    status = _kept(body, compute_status({}, job, [], None, suspend=sftjob.spec.suspend, generation=generation))
     status.update(jobName=job_name, observedGeneration=generation)
     if all(results):  # all created by this run (not a retry after a lost answer or a restart)
         age = _age_seconds(body)
@@ -182,10 +185,16 @@ async def start_sftjob(
     return status
 
 
+def _kept(body: Mapping[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """`status` (built afresh: a retry, a fixed spec) with the transition times of conditions whose status stayed."""
+    status["conditions"] = keep_transition_times((body.get("status") or {}).get("conditions") or [], status["conditions"])
+    return status
+
+
 def _invalid(
     body: Mapping[str, Any], errors: list[str], generation: int | None, events: EventPoster, logger: logging.Logger
 ) -> dict[str, Any]:
-    status = invalid_spec_status(errors, generation)
+    status = _kept(body, invalid_spec_status(errors, generation))
     message = status["conditions"][0]["message"]
     logger.warning("not starting: %s", message)
     events.post(body, "Warning", Reason.INVALID_SPEC.value, message)

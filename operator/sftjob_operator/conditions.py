@@ -29,16 +29,38 @@ def set_condition(
     reason: str,
     message: str,
     now: str,
+    *,
+    observed_generation: int | None = None,
 ) -> list[dict[str, Any]]:
-    """A copy of `conditions` with one condition set; lastTransitionTime moves only when status does."""
+    """A copy of `conditions` with one condition set; lastTransitionTime moves only when status does.
+
+    `observed_generation`, when given, is the metadata.generation the condition answers (what
+    `kubectl wait` compares with the object's generation); otherwise the condition keeps its own.
+    """
     out = [dict(c) for c in conditions]
-    for cond in out:
-        if cond.get("type") == ctype:
-            if cond.get("status") != status or not cond.get("lastTransitionTime"):
-                cond["lastTransitionTime"] = now
-            cond.update(status=status, reason=reason, message=message)
-            return out
-    out.append({"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": now})
+    found = next((c for c in out if c.get("type") == ctype), None)
+    if found is None:
+        found = {"type": ctype}
+        out.append(found)
+    if found.get("status") != status or not found.get("lastTransitionTime"):
+        found["lastTransitionTime"] = now
+    found.update(status=status, reason=reason, message=message)
+    if observed_generation is not None:
+        found["observedGeneration"] = observed_generation
+    return out
+
+
+def keep_transition_times(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`after`, with the lastTransitionTime of `before` on each condition whose status did not change.
+
+    For statuses built afresh (the create handler's) rather than step by step through set_condition.
+    """
+    old = {c.get("type"): c for c in before}
+    out = []
+    for cond in after:
+        was = old.get(cond.get("type")) or {}
+        same = was.get("status") == cond.get("status") and was.get("lastTransitionTime")
+        out.append({**cond, "lastTransitionTime": was["lastTransitionTime"]} if same else dict(cond))
     return out
 
 

@@ -53,7 +53,8 @@ from sftjob_operator.index import Key, slim_sftjob
 from sftjob_operator.kube import ApiError, KubeClient, owned_by
 from sftjob_operator.metrics import Metrics
 from sftjob_operator.progress import fetch_progress, progress_url, running_pod_ip
-from sftjob_operator.status import RUNNING_PHASES, compute_status, job_lost_status, spec_ignored_status
+from sftjob_operator.readiness import without_summary
+from sftjob_operator.status import RUNNING_PHASES, compute_status, generation_status, job_lost_status, spec_ignored_status
 
 Log = logging.Logger | logging.LoggerAdapter
 _log = logging.getLogger(__name__)
@@ -196,12 +197,13 @@ class Follower:
             return
         self._early.discard(key)
         job = self._job(key, sft, job_name)
-        if job is None:
+        if job is None and status.get("phase") not in _TERMINAL:
             return  # not seen yet; its ADDED event will bring us back
         known = self._progress.get(key)
         progress = known[1] if known is not None and known[0] == sft["metadata"].get("uid") else None
-        patch = compute_status(status, job, self._job_pods(key, job), progress, suspend=sft["spec"]["suspend"],
-                               hint=sft["spec"]["memoryHint"])
+        # A finished SFTJob needs no Job (it may be gone): compute_status only fills in missing summary conditions.
+        pods = self._job_pods(key, job) if job is not None else []
+        patch = compute_status(status, job, pods, progress, suspend=sft["spec"]["suspend"], hint=sft["spec"]["memoryHint"])
         if patch:
             await self._write(key, sft, status, patch)
 
@@ -245,7 +247,8 @@ class Follower:
         self._retries[key] = asyncio.get_running_loop().create_task(retry(), name=f"status retry {key}")
 
     def _announce(self, sft: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-        announce(self.events, sft, old, new)
+        # Ready/Reconciling/Stalled restate the stage conditions: announcing them would tell each problem twice.
+        announce(self.events, sft, without_summary(old), without_summary(new))
 
     def running(self) -> list[Key]:
         """SFTJobs whose pod is in a phase that serves progress (as this operator last wrote it)."""
@@ -314,7 +317,7 @@ class Follower:
                 logger.warning("spec changes after the Job exists are not applied: %s", ", ".join(ignored))
                 patch = spec_ignored_status(status, ignored, job_name, generation)
             else:
-                patch = {"observedGeneration": generation} if generation != status.get("observedGeneration") else {}
+                patch = generation_status(status, generation)
             if patch:
                 await self._write(key, sft, status, patch)
         await self.reconcile(key)

@@ -14,7 +14,9 @@ Where the truth comes from, in order of trust:
 
 Conditions follow Kubernetes conventions: `lastTransitionTime` moves only
 when a condition's `status` changes; reasons are `sftjob.vocabulary.Reason`
-values; messages say what to change.
+values; messages say what to change. Every status built here ends with the
+summary conditions (Ready, Reconciling, Stalled) of `readiness.py`, and the
+ones that act on a spec record its generation in `observedGeneration`.
 """
 
 from __future__ import annotations
@@ -46,14 +48,15 @@ from sftjob_operator.explain import (
     unschedulable,
 )
 from sftjob_operator.progress import progress_status
+from sftjob_operator.readiness import readiness_conditions, summarized
 
-__all__ = ["apply_merge_patch", "compute_status", "condition", "create_refused_status", "invalid_spec_status",
-           "job_lost_status", "merge_diff", "now_rfc3339", "set_condition", "spec_ignored_status"]
+__all__ = ["apply_merge_patch", "compute_status", "condition", "create_refused_status", "generation_status",
+           "invalid_spec_status", "job_lost_status", "merge_diff", "now_rfc3339", "set_condition", "spec_ignored_status"]
 
 SPEC_IGNORED_CONDITION = ConditionType.SPEC_CHANGE_IGNORED.value
 SPEC_IGNORED_REASON = Reason.JOB_ALREADY_CREATED.value
 RUNNING_PHASES = frozenset({Phase.SANITY_CHECKING.value, Phase.TRAINING.value, Phase.EXPORTING.value})
-# Fields of .status this module owns; everything else (jobName, observedGeneration) is left alone.
+# Fields of .status compute_status owns; everything else (jobName, observedGeneration) is left alone.
 _MANAGED = ("phase", "conditions", "progress", "sanityCheck", "bestCheckpoint", "resolved", "startTime", "completionTime")
 
 
@@ -203,23 +206,31 @@ def compute_status(
     *,
     suspend: bool = False,
     hint: str = DEFAULT_MEMORY_HINT,
+    generation: int | None = None,
     now: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     """The merge patch for SFTJob `.status` given its Job, the Job's Pods and the latest progress.
 
     `current` is the status so far; `suspend` is the SFTJob's spec.suspend;
-    `hint` says how to fit in memory (from `memory_hint` for the job's settings).
+    `hint` says how to fit in memory (from `memory_hint` for the job's settings);
+    `generation` is the metadata.generation the summary conditions answer
+    (default: `current`'s observedGeneration, the spec the operator acted on).
     Returns {} when nothing changes. A missing Job (not seen yet, or
     deleted after it finished) changes nothing: only evidence moves status.
+    A finished SFTJob stays as it finished; it only gains the summary
+    conditions if its status was written before they existed.
     """
-    if job is None:
-        return {}
     stamp = now_rfc3339(now)
     old = {k: current[k] for k in _MANAGED if k in current}
     desired: dict[str, Any] = dict(old)
     desired["conditions"] = [dict(c) for c in current.get("conditions") or []]
+    if generation is None:
+        generation = current.get("observedGeneration")
     if current.get("phase") in TERMINAL_PHASE_NAMES:
-        return {}  # a finished SFTJob stays as it finished
+        desired["conditions"] = readiness_conditions(current["phase"], desired["conditions"], generation, stamp)
+        return merge_diff(old, desired)
+    if job is None:
+        return {}
 
     _sanity_report(desired, pods, stamp)
     job_spec = job.get("spec") or {}
@@ -270,6 +281,7 @@ def compute_status(
         if phase == Phase.SUCCEEDED.value and "stage" in finished:
             finished["stage"] = "done"
         desired["progress"] = finished
+    desired["conditions"] = readiness_conditions(phase, desired["conditions"], generation, stamp)
     if not desired["conditions"]:
         del desired["conditions"]
     return merge_diff(old, desired)
@@ -284,9 +296,7 @@ def invalid_spec_status(errors: Sequence[str], generation: int | None, now: date
         "phase": Phase.FAILED.value,
         "conditions": set_condition([], ConditionType.FAILED.value, "True", Reason.INVALID_SPEC.value, message, stamp),
     }
-    if generation is not None:
-        status["observedGeneration"] = generation
-    return status
+    return summarized(status, generation, stamp)
 
 
 def create_refused_status(
@@ -316,10 +326,7 @@ def create_refused_status(
         reason, phase = Reason.CREATE_REJECTED.value, Phase.FAILED.value
         conds = set_condition([], first_stage, "False", reason, message, stamp)
         conds = set_condition(conds, ConditionType.FAILED.value, "True", reason, message, stamp)
-    status: dict[str, Any] = {"phase": phase, "conditions": conds}
-    if generation is not None:
-        status["observedGeneration"] = generation
-    return status
+    return summarized({"phase": phase, "conditions": conds}, generation, stamp)
 
 
 def spec_ignored_status(
@@ -330,11 +337,21 @@ def spec_ignored_status(
         f"Changes to {', '.join(fields)} were not applied: Job {job_name} already runs with the spec it was created "
         "with. To train with the new spec, apply it as a new SFTJob (a new metadata.name), or delete and re-create this one."
     )
-    conds = set_condition(current.get("conditions") or [], SPEC_IGNORED_CONDITION, "True", SPEC_IGNORED_REASON, message, now_rfc3339(now))
-    patch: dict[str, Any] = {"conditions": conds}
-    if generation is not None:
-        patch["observedGeneration"] = generation
-    return patch
+    stamp = now_rfc3339(now)
+    conds = set_condition(current.get("conditions") or [], SPEC_IGNORED_CONDITION, "True", SPEC_IGNORED_REASON, message, stamp)
+    after = summarized({**current, "conditions": conds}, generation, stamp)
+    return {k: after[k] for k in ("conditions", "observedGeneration") if k in after}
+
+
+def generation_status(current: Mapping[str, Any], generation: int | None, now: datetime.datetime | None = None) -> dict[str, Any]:
+    """Merge patch recording that the operator acted on spec `generation` ({} if it was recorded already).
+
+    status.observedGeneration and the summary conditions' observedGeneration move together: kstatus
+    reads the one, `kubectl wait` the other, and a stale one keeps either waiting.
+    """
+    if generation is None:
+        return {}
+    return merge_diff(dict(current), summarized(current, generation, now_rfc3339(now)))
 
 
 def job_lost_status(current: Mapping[str, Any], job_name: str, now: datetime.datetime | None = None) -> dict[str, Any]:
@@ -345,4 +362,5 @@ def job_lost_status(current: Mapping[str, Any], job_name: str, now: datetime.dat
     )
     stamp = now_rfc3339(now)
     conds = set_condition(current.get("conditions") or [], ConditionType.FAILED.value, "True", Reason.INTERNAL_ERROR.value, message, stamp)
-    return {"phase": Phase.FAILED.value, "conditions": conds}
+    after = summarized({**current, "phase": Phase.FAILED.value, "conditions": conds}, None, stamp)
+    return {"phase": after["phase"], "conditions": after["conditions"]}

@@ -71,6 +71,11 @@ class Kubectl:
         self.run("patch", kind, name, "-n", namespace, "--subresource=status", "--type=merge",
                  "-p", json.dumps({"status": status}))
 
+    def wait_for(self, ref: str, namespace: str, condition: str, timeout: int) -> subprocess.CompletedProcess[str]:
+        """`kubectl wait --for=condition=<condition> <ref>` as a user or a CI script runs it (not raising)."""
+        return self.run("wait", f"--for=condition={condition}", ref, "-n", namespace, f"--timeout={timeout}s",
+                        check=False, timeout=timeout + 30)
+
     def delete(self, kind: str, name: str, namespace: str | None = None, *extra: str) -> None:
         ns = ["-n", namespace] if namespace else []
         self.run("delete", kind, name, *ns, "--ignore-not-found", *extra, timeout=120)

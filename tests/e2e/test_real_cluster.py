@@ -18,6 +18,7 @@ import yaml
 
 from sftjob.report import BestCheckpoint, Outcome
 from tests.e2e.cluster import RELEASE, REPO, Kubectl, wait
+from tests.support.kstatus import CURRENT, FAILED, IN_PROGRESS, kstatus
 from tests.support.playback import SANITY_PASSED, pod_status, running, terminated, waiting
 from tests.support.playback import sftjob_manifest as sftjob
 
@@ -118,6 +119,10 @@ def test_lifecycle_pending_sanity_training_succeeded(kubectl, operator, progress
     st = wait("Training at step 40", lambda: (s := status_of(kubectl, "life", ns)).get("progress", {}).get("step") == 40 and s,
               TIMEOUT, log)
     assert st["phase"] == "Training" and st["sanityCheck"]["passed"] is True and st["progress"]["eta"] == "12m 05s"
+    # Not Ready while it trains: a waiter times out (exit 1), and kstatus reads InProgress.
+    early = kubectl.wait_for("sftjob/life", ns, "Ready", 2)
+    assert early.returncode != 0 and "timed out" in early.stderr, early
+    assert kstatus(kubectl.get("sftjob", "life", ns))[0] == IN_PROGRESS
 
     progress.payload = {"stage": "exporting", "step": 200, "totalSteps": 200, "etaSeconds": 5}
     best = BestCheckpoint(uri="s3://models/life", step=180, evalLoss=0.8123)
@@ -128,6 +133,13 @@ def test_lifecycle_pending_sanity_training_succeeded(kubectl, operator, progress
     st = wait("Succeeded", lambda: (s := status_of(kubectl, "life", ns)).get("phase") == "Succeeded" and s, TIMEOUT, log)
     assert st["bestCheckpoint"] == {"uri": "s3://models/life", "step": 180, "evalLoss": 0.8123}
     assert "eta" not in st.get("progress", {}) and st.get("progress", {}).get("stage", "done") == "done"
+    # What a CI script or Flux sees: the real kubectl wait returns, kstatus says Current, -o wide shows READY.
+    done = kubectl.wait_for("sftjob/life", ns, "Ready", TIMEOUT)
+    assert done.returncode == 0 and "condition met" in done.stdout, done
+    obj = kubectl.get("sftjob", "life", ns)
+    assert kstatus(obj)[0] == CURRENT and obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    wide = kubectl.run("get", "sftjobs", "life", "-n", ns, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[:3] == ["NAME", "PHASE", "READY"] and wide[1].split()[:3] == ["life", "Succeeded", "True"], wide
     # Immutable once the Job exists: the API server's CEL transition rule refuses a change of training.
     done = kubectl.run("patch", "sftjob", "life", "-n", ns, "--type=merge", "-p", '{"spec": {"training": {"epochs": 9}}}',
                        check=False)
@@ -146,6 +158,11 @@ def test_oom_killed_pod_fails_with_out_of_memory(kubectl, operator, progress, ns
     st = wait("Failed", lambda: (s := status_of(kubectl, "oom", ns)).get("phase") == "Failed" and s, TIMEOUT, operator.log_tail)
     cond = condition(st, "Failed")
     assert cond["reason"] == "OutOfMemory" and "gradientCheckpointing" not in cond["message"]
+    # A waiter stops early on a failure: Stalled=True, with the failure's own reason.
+    stalled = kubectl.wait_for("sftjob/oom", ns, "Stalled", TIMEOUT)
+    assert stalled.returncode == 0 and "condition met" in stalled.stdout, stalled
+    assert condition(st, "Stalled")["reason"] == "OutOfMemory" and condition(st, "Ready")["status"] == "False"
+    assert kstatus(kubectl.get("sftjob", "oom", ns)) == (FAILED, cond["message"])
 
 
 def test_a_quota_that_forbids_the_job_is_reported_then_the_job_starts(kubectl, operator, ns):
