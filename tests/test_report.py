@@ -129,7 +129,7 @@ def test_in_a_pod_the_init_containers_sanity_findings_reach_the_train_containers
     work = tmp_path / "workspace"
     r = _cli("sanity", str(job), "--output", str(work), "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads((work / "sanity.json").read_text())["passed"] is True
+    assert json.loads((work / "sanity.json").read_text())["sanity"]["passed"] is True
     r = _cli("run", str(job), "--output", str(work), "--skip-sanity")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "export" / "report.json").read_text())
@@ -175,12 +175,13 @@ def test_charts_follow_what_was_logged():
 def test_each_setting_says_where_its_value_came_from():
     from sftjob_runtime.report_html import _settings
 
-    rows = {s["name"]: s["origin"] for s in _settings({"resolved": {
+    rows = {s["name"]: s["origin"] for s in _settings({"specFields": ["epochs", "maxSeqLength"], "resolved": {
         "sizeClass": "<1B", "learningRate": 1e-4, "epochs": 3.0, "evalSteps": 10, "gradientAccumulationSteps": 2,
-        "maxSeqLength": 256, "origin": {"learningRate": "default:<1B", "epochs": "spec", "evalSteps": "default:~10 evaluations"}}})}
+        "maxSeqLength": 256, "seed": 42,
+        "origin": {"learningRate": "default:<1B", "epochs": "spec", "evalSteps": "default:~10 evaluations"}}})}
     assert rows == {"learningRate": "size default (<1B)", "epochs": "spec", "evalSteps": "derived (~10 evaluations)",
                     "gradientAccumulationSteps": "derived: effectiveBatchSize / (perDeviceBatchSize x devices)",
-                    "maxSeqLength": "spec (or the field's documented default)"}
+                    "maxSeqLength": "spec", "seed": "default (the field's own, see docs/sftjob-reference.md)"}
 
 
 def test_sftjob_report_names_what_is_missing_in_one_line(tmp_path):
@@ -189,3 +190,53 @@ def test_sftjob_report_names_what_is_missing_in_one_line(tmp_path):
     (tmp_path / "report.json").write_text("{not json")
     r = _cli("report", str(tmp_path))
     assert r.returncode == 1 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def _failed_run_dir(tmp: Path) -> Path:
+    work = tmp / "work"
+    work.mkdir()
+    (work / "report.html").write_text("<html>failed</html>")
+    (work / "report.json").write_text(json.dumps({"name": "x", "outcome": {"ok": False}}))
+    return work
+
+
+def test_a_failed_runs_report_never_replaces_the_report_of_a_model_exported_there(tmp_path, s3_server, s3_env, monkeypatch):
+    from sftjob_runtime.run_report import publish_failure_report
+
+    work = _failed_run_dir(tmp_path)
+    fresh, exported = tmp_path / "fresh", tmp_path / "exported"
+    assert publish_failure_report(work, str(fresh), endpoint=None, region=None) == str(fresh / "report.html")
+    assert sorted(p.name for p in fresh.iterdir()) == ["report.html", "report.json"]
+    exported.mkdir()
+    for name, text in (("sftjob-manifest.json", "{}"), ("report.html", "<html>good</html>")):
+        (exported / name).write_text(text)
+    assert publish_failure_report(work, f"file://{exported}", endpoint=None, region=None).endswith("failed-run-report.html")
+    assert (exported / "report.html").read_text() == "<html>good</html>"
+    assert (exported / "failed-run-report.json").is_file()
+
+    bucket = s3_server.bucket()
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="m/sftjob-manifest.json", Body=b"{}")
+    assert publish_failure_report(work, f"s3://{bucket}/m", endpoint=s3_server.endpoint,
+                                  region=None) == f"s3://{bucket}/m/failed-run-report.html"
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {"m/sftjob-manifest.json", "m/failed-run-report.html", "m/failed-run-report.json"}
+
+    # A scheme this process cannot write (pvc:// outside a pod) is left alone: nothing appears in the cwd.
+    monkeypatch.chdir(tmp_path)
+    assert publish_failure_report(work, "pvc://claim/models", endpoint=None, region=None) is None
+    assert not (tmp_path / "pvc:").exists()
+
+
+def test_a_report_that_cannot_be_written_is_a_warning_not_a_new_outcome(tmp_path, capsys):
+    from sftjob_runtime.run_report import RunRecord, write_report
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    record = RunRecord("x")
+    record.save_sanity(blocked)  # nothing to save yet: no error either
+    record.sanity = {"passed": True}
+    record.save_sanity(blocked / "sub")  # a file where the directory should be
+    assert write_report(record, blocked / "sub") is None
+    err = capsys.readouterr().err
+    assert '"event": "report_incomplete"' in err and '"event": "report_not_written"' in err

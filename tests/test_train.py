@@ -388,9 +388,12 @@ def test_sigterm_between_saves_writes_a_checkpoint_and_the_next_run_resumes_at_t
     assert len(saved) == 1 and 6 <= saved[0] < 20, saved  # the just-in-time checkpoint, between two regular saves
     stopped_at = saved[0]
     assert f"stopped by SIGTERM at step {stopped_at} of 40" in outcome.message
+    # The preempted run's report stays local: the next pod carries on, the job has not failed.
+    assert json.loads((work / "report.json").read_text())["outcome"]["reason"] == "Preempted"
     if where == "s3-mirror":
         keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="out/jit.checkpoints/")["Contents"]}
         assert f"out/jit.checkpoints/checkpoint-{stopped_at}/sftjob-manifest.json" in keys
+        assert "Contents" not in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="out/jit/")
         shutil.rmtree(work)  # the next pod starts on an empty volume
 
     assert run_cli("run", str(job), "--output", str(work), timeout=600).returncode == 0
@@ -399,3 +402,5 @@ def test_sigterm_between_saves_writes_a_checkpoint_and_the_next_run_resumes_at_t
     history = json.loads((work / "checkpoints" / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
     steps = [e["step"] for e in history if "loss" in e]
     assert steps[:stopped_at] == list(range(1, stopped_at + 1)) and steps[-1] == 40  # the curve continues, no gap
+    # So does the run report's: the steps before the restart are in it.
+    assert [e["step"] for e in report["log_history"] if "loss" in e] == steps

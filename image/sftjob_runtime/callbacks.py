@@ -16,11 +16,8 @@ from transformers import TrainerCallback
 
 from sftjob_runtime.events import emit
 from sftjob_runtime.progress_server import ProgressState
+from sftjob_runtime.warning_signs import GRAD_NORM_HIGH, GRAD_NORM_LOW, SPIKE_FACTOR, TOKENS_DROP
 
-GRAD_NORM_HIGH = 10.0
-GRAD_NORM_LOW = 1e-6
-SPIKE_FACTOR = 2.0  # a logged loss this many times the running mean is a spike
-TOKENS_DROP = 0.5  # tokens/s below this share of the median is a drop
 
 
 class TokenCounter:
@@ -41,7 +38,8 @@ class MonitorCallback(TrainerCallback):
         self.eval_losses: list[float] = []
         self.tps_history: list[float] = []
         self.diverged: str | None = None
-        # Every log record this callback saw, for the run report when the trainer's own history is lost (a failure).
+        # The trainer's log history (restored with a checkpoint on resume), for the run report; until training
+        # begins, the records this callback saw.
         self.history: list[dict] = []
         self.warmup_steps = 0
         self._t0 = None
@@ -55,6 +53,7 @@ class MonitorCallback(TrainerCallback):
         self._t0 = self._last = (time.monotonic(), self.tokens.tokens)
         self.warmup_steps = args.get_warmup_steps(state.max_steps) if state.max_steps else 0
         self.progress.update(stage=self.stage, totalSteps=state.max_steps, step=state.global_step)
+        self.history = state.log_history  # the same list the trainer appends to and saves in each checkpoint
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs if logs is not None else {}
@@ -63,7 +62,8 @@ class MonitorCallback(TrainerCallback):
             self._on_train_log(step, logs, state, control)
         if "eval_loss" in logs:
             self._on_eval(step, float(logs["eval_loss"]), state)
-        self.history.append({**logs, "step": step})
+        if self.history is not state.log_history:  # a trainer that keeps no history of its own
+            self.history.append({**logs, "step": step})
 
     def _on_train_log(self, step, logs, state, control) -> None:
         loss = float(logs["loss"])

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -22,8 +22,8 @@ from sftjob.manifest import ManifestError
 from sftjob.report import BestCheckpoint, Outcome, SanityResult
 from sftjob.runconfig import RunConfig, load_run_config
 from sftjob.vocabulary import ENV_TERMINATION_LOG, TERMINATION_LOG, ExitCode, Reason, memory_hint
-from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime import console
+from sftjob_runtime.errors import RuntimeFailure, Terminated
 from sftjob_runtime.events import emit
 from sftjob_runtime.progress_server import ProgressState, serve_from_env
 from sftjob_runtime.run_report import REPORT_HTML, REPORT_JSON, RunRecord, publish_failure_report, write_report
@@ -79,12 +79,26 @@ def _fail(reason: Reason | str, message: str, code: int, **extra) -> int:
     return int(code)
 
 
-class _Terminated(Exception):
-    """SIGTERM outside training (loading, the sanity check, the export), where no checkpoint can be written."""
-
-
 def _on_sigterm(signum, frame) -> None:
-    raise _Terminated()
+    raise Terminated()
+
+
+def _outcome_of(e: BaseException) -> tuple[str, str, int]:
+    """(reason, one-line message, exit code) of the exception that ended a command: for the exit, the
+    termination message and the run report alike."""
+    if isinstance(e, Terminated):
+        return (Reason.PREEMPTED.value, "stopped by SIGTERM outside training (loading, the sanity check or the export), "
+                "where there is nothing to checkpoint; the next pod runs this stage again", ExitCode.INTERRUPTED)
+    if isinstance(e, ManifestError):
+        return Reason.INVALID_SPEC.value, e.errors[0], ExitCode.INVALID_CONFIG
+    if isinstance(e, RuntimeFailure):
+        reason = str(getattr(e.reason, "value", e.reason))
+        return reason, (f"sanity check failed: {e}" if e.sanity is not None else str(e)), e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        return "Interrupted", "stopped by Ctrl-C", 130
+    if _is_oom(e):  # before the run's settings were known (see _out_of_memory for the usual case)
+        return Reason.OUT_OF_MEMORY.value, f"out of memory: {memory_hint(None, False)}", ExitCode.INTERNAL
+    return Reason.INTERNAL_ERROR.value, f"internal error: {type(e).__name__}: {e}", ExitCode.INTERNAL
 
 
 def _guarded(fn):
@@ -99,25 +113,17 @@ def _guarded(fn):
             signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
-        except _Terminated:
-            return _fail(Reason.PREEMPTED, "stopped by SIGTERM outside training (loading, the sanity check or the "
-                         "export), where there is nothing to checkpoint; the next pod runs this stage again",
-                         ExitCode.INTERRUPTED)
-        except ManifestError as e:
-            for line in e.errors[1:]:
-                print(f"error: {line}", file=sys.stderr)
-            return _fail(Reason.INVALID_SPEC, e.errors[0], ExitCode.INVALID_CONFIG)
-        except RuntimeFailure as e:
-            if e.sanity is not None:
-                return _fail(e.reason, f"sanity check failed: {e}", e.exit_code, sanity=e.sanity)
-            return _fail(e.reason, str(e), e.exit_code)
         except KeyboardInterrupt:
             return 130
-        except Exception as e:  # a bug or an environment failure: keep the trace in the log
-            if _is_oom(e):  # before the run's settings were known (see _out_of_memory for the usual case)
-                return _fail(Reason.OUT_OF_MEMORY, f"out of memory: {memory_hint(None, False)}", ExitCode.INTERNAL)
-            traceback.print_exc()
-            return _fail(Reason.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}", ExitCode.INTERNAL)
+        except Exception as e:
+            if isinstance(e, ManifestError):
+                for line in e.errors[1:]:
+                    print(f"error: {line}", file=sys.stderr)
+            elif not isinstance(e, (Terminated, RuntimeFailure)) and not _is_oom(e):
+                traceback.print_exc()  # a bug or an environment failure: keep the trace in the log
+            reason, message, code = _outcome_of(e)
+            sanity = e.sanity if isinstance(e, RuntimeFailure) else None
+            return _fail(reason, message, code, **({"sanity": sanity} if sanity is not None else {}))
 
     wrapper.__doc__ = fn.__doc__
     return wrapper
@@ -173,7 +179,7 @@ def sanity(file: str, as_json: bool = False, output_dir: str | None = None) -> i
             with _out_of_memory(prep, "sanity check"):
                 result = run_sanity(prep, state, record)
             if output_dir:
-                record.save_sanity(Path(output_dir))
+                record.save_sanity(Path(output_dir), state)
             if not result.passed:
                 raise sanity_failure(result)
     except (RuntimeFailure, ManifestError) as e:
@@ -211,8 +217,15 @@ def report(location: str, out: str | None = None, *, endpoint: str | None = None
     except s3.storage_errors() as e:
         print(f"error: {location}: {s3.describe(e, field=location)}", file=sys.stderr)
         return 1
+    if not isinstance(data, dict) or "name" not in data:
+        print(f"error: {location}: {REPORT_JSON} is not an sftjob run report", file=sys.stderr)
+        return 1
     target = Path(out) if out else Path.cwd() / REPORT_HTML
-    target.write_text(render_report(data), encoding="utf-8")
+    try:
+        target.write_text(render_report(data), encoding="utf-8")
+    except OSError as e:
+        print(f"error: -o {target}: cannot write ({e.strerror or e})", file=sys.stderr)
+        return 1
     print(f"{target} ({target.stat().st_size / 1024:.0f} KiB): open it in a browser")
     return 0
 
@@ -247,8 +260,8 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
                 console.print_sanity(result)
                 if not result.passed:
                     raise sanity_failure(result)
-            else:
-                record.load_sanity(work)
+            elif cfg.sanityCheck.enabled:
+                record.load_sanity(work)  # what the init container found (a stale file of a disabled check is ignored)
             with _out_of_memory(prep, "training"):
                 res = train(prep, work, state, record)
             if not main:
@@ -265,6 +278,7 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
             except BaseException:
                 for name in (REPORT_HTML, REPORT_JSON):  # the local best is kept; a report saying "exported" is not
                     (Path(res.best_dir) / name).unlink(missing_ok=True)
+                record.result.pop("exportedTo", None)
                 raise
             state.update(stage="done")
             _drop_mirror(cfg)
@@ -275,6 +289,7 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
     if tidied.get("bestDir"):
         res.best_dir = tidied["bestDir"]
     record.result = {**res.as_dict(), "exportedTo": dest, "workDir": tidied}
+    record.finish(True, Reason.COMPLETED.value, f"best checkpoint at step {res.best_step} exported", state)  # + export's warnings
     html = write_report(record, work)
     if report_json:
         Path(report_json).write_text(json.dumps(record.to_dict(), indent=2, default=str))
@@ -293,36 +308,22 @@ def _reporting(record: RunRecord, work: str | Path | None, state: ProgressState,
     """However the block ends in failure, the run report is written to `work` and published to spec.output.uri.
 
     `job` returns (run config, manifest folder) once they are loaded. A
-    preemption writes the report only locally: the next pod carries on.
+    preemption (or Ctrl-C) writes the report only locally: the next pod carries on.
     """
     try:
         yield
     except BaseException as e:
         if work is not None:
-            reason, message = _failure_of(e)
+            reason, message, _ = _outcome_of(e)
             record.finish(False, reason, message, state)
             html = write_report(record, Path(work))
             cfg, base = job()
-            if html is not None and cfg is not None and reason != Reason.PREEMPTED.value:
+            if html is not None and cfg is not None and reason not in (Reason.PREEMPTED.value, "Interrupted"):
                 where = publish_failure_report(Path(work), _output_location(cfg.output.uri, base),
                                                endpoint=cfg.output.endpoint, region=cfg.output.region)
                 print(f"run report: {html}" + (f" (also at {where})" if where and where != str(html) else ""),
                       file=sys.stderr)
         raise
-
-
-def _failure_of(e: BaseException) -> tuple[str, str]:
-    """(reason, message) of the exception that ended a run, as the report shows it."""
-    if isinstance(e, RuntimeFailure):
-        reason = str(getattr(e.reason, "value", e.reason))
-        return reason, (f"sanity check failed: {e}" if e.sanity is not None else str(e))
-    if isinstance(e, ManifestError):
-        return Reason.INVALID_SPEC.value, "; ".join(e.errors)
-    if isinstance(e, _Terminated):
-        return Reason.PREEMPTED.value, "stopped by SIGTERM outside training; the next pod runs this stage again"
-    if isinstance(e, KeyboardInterrupt):
-        return "Interrupted", "stopped by Ctrl-C"
-    return Reason.INTERNAL_ERROR.value, f"internal error: {type(e).__name__}: {e}"
 
 
 def _exported_name(location: str) -> str:

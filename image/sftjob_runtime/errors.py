@@ -1,4 +1,4 @@
-"""The one exception type the runtime raises for problems a user can fix."""
+"""The exception types the runtime raises for problems a user can fix, and for SIGTERM outside training."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ class RuntimeFailure(Exception):
         self.reason = reason
         self.exit_code = exit_code
         self.sanity = sanity  # a SanityResult when the sanity gate's own checks found it
+
+
+class Terminated(Exception):
+    """SIGTERM outside training (loading, the sanity check, the export), where no checkpoint can be written."""
 
 
 def one_line(text: object, limit: int | None = None) -> str:

@@ -192,6 +192,12 @@ class Prepared:
     hardware: hw_mod.Hardware
     end_of_turn: str | None = None  # the text that ends an assistant turn, where the masker knows it
 
+    def data_counts(self) -> dict:
+        """Rows, tokens, truncated and fully masked rows of both splits, as the report shows them."""
+        return {"trainRows": len(self.train.examples), "validationRows": len(self.val.examples),
+                "trainTokens": self.train.tokens, "truncatedRows": self.train.truncated + self.val.truncated,
+                "fullyMaskedRows": len(self.train.all_masked) + len(self.val.all_masked)}
+
 
 def prepare_run(cfg: RunConfig, base: Path | None = None) -> Prepared:
     """Hardware, tokenizer, data, masking and hyperparameters: all checks that need no weights."""

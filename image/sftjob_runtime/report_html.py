@@ -15,7 +15,7 @@ import math
 import re
 from functools import cache
 
-from sftjob_runtime.callbacks import GRAD_NORM_HIGH, GRAD_NORM_LOW
+from sftjob_runtime.warning_signs import GRAD_NORM_HIGH, GRAD_NORM_LOW
 
 SANITY_CHART = "sanity-loss"  # drawn in the sanity section, not with the training curves
 _SCRIPT = re.compile(r"<script\b.*?</script>", re.S)
@@ -69,9 +69,13 @@ def _chart(title: str, y_title: str, series: list[tuple[str, list[tuple[float, f
                     show_x_guides=False, print_values=False, x_labels_major_count=6, show_minor_x_labels=False,
                     y_labels_major_count=6, show_minor_y_labels=False)
     chart = pygal.XY(**{**settings, **options})
-    for name, points, options in series:
-        chart.add(name, points, **options)
+    for name, points, look in series:
+        chart.add(name, points, **look)
     return _SCRIPT.sub("", chart.render(is_unicode=True))
+
+
+def _finite(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def _points(history: list[dict], key: str) -> list[tuple[float, float]]:
@@ -91,6 +95,9 @@ def charts(data: dict) -> dict[str, str]:
     out: dict[str, str] = {}
     loss = _points(train, "loss")
     evals = _points(history, "eval_loss")
+    before = _finite(data.get("eval_loss_before"))
+    if before is not None and not any(step == 0 for step, _ in evals):
+        evals.insert(0, (0, before))  # measured before the first step (not in the trainer's log)
     if loss or evals:
         series = [("train loss", loss, {}), ("eval loss", evals, {"dots_size": 3})]
         if data.get("best_step") is not None and data.get("best_eval_loss") is not None:
@@ -124,9 +131,9 @@ def charts(data: dict) -> dict[str, str]:
     steps = _points(_train_logs(sanity.get("log_history") or []), "loss")
     if steps:
         series = [("each step", steps, {})]
-        if sanity.get("initialLoss") is not None and sanity.get("finalLoss") is not None:
-            series.append(("sampled rows, before / after", [(0, sanity["initialLoss"]),
-                                                                     (steps[-1][0], sanity["finalLoss"])], {"dots_size": 4}))
+        first, last = _finite(sanity.get("initialLoss")), _finite(sanity.get("finalLoss"))
+        if first is not None and last is not None:
+            series.append(("sampled rows, before / after", [(0, first), (steps[-1][0], last)], {"dots_size": 4}))
         out[SANITY_CHART] = _chart("Sanity check steps", "loss", series)
     return out
 
@@ -143,10 +150,11 @@ def _warning_marks(warnings: list[dict], loss: list[tuple[float, float]]) -> lis
     return marks
 
 
-def _origin(value: str | None, size_class: str | None) -> str:
+def _origin(value: str | None, size_class: str | None, in_spec: bool | None) -> str:
     """Where a resolved value came from, in words: the spec, the size table's default, or derived from something."""
     if value is None:
-        return "spec (or the field's documented default)"
+        # Fields the size table does not set: the spec's value, or the field's own default when left out.
+        return "spec" if in_spec in (True, None) else "default (the field's own, see docs/sftjob-reference.md)"
     if value.startswith("default:"):
         rest = value.removeprefix("default:")
         if size_class and rest.startswith(size_class):
@@ -158,8 +166,18 @@ def _origin(value: str | None, size_class: str | None) -> str:
 def _settings(data: dict) -> list[dict]:
     resolved = data.get("resolved") or {}
     origin = resolved.get("origin") or {}
-    return [{"name": k, "value": v, "origin": _DERIVED.get(k) or _origin(origin.get(k), resolved.get("sizeClass"))}
+    given = data.get("specFields")  # spec.training fields the manifest set (absent in older reports)
+    return [{"name": k, "value": v, "origin": _DERIVED.get(k) or _origin(origin.get(k), resolved.get("sizeClass"),
+                                                                        None if given is None else k in given)}
             for k, v in resolved.items() if k not in _NOT_HYPERPARAMETERS]
+
+
+def _outcome(data: dict) -> dict:
+    if isinstance(data.get("outcome"), dict):
+        return data["outcome"]
+    if data.get("best_step") is not None:  # a report.json from before outcomes were recorded: it finished
+        return {"ok": True, "reason": "Completed", "message": f"best checkpoint at step {data['best_step']}"}
+    return {"ok": False, "reason": "Unknown", "message": "this report.json records no outcome"}
 
 
 def render_report(data: dict) -> str:
@@ -169,7 +187,7 @@ def render_report(data: dict) -> str:
     started = data.get("started")
     drawn = charts(data)
     return _environment().get_template("report.html.jinja").render(
-        r=data, resolved=resolved, outcome=data.get("outcome") or {}, settings=_settings(data),
+        r=data, resolved=resolved, outcome=_outcome(data), settings=_settings(data),
         charts={k: v for k, v in drawn.items() if k != SANITY_CHART}, sanity_chart=drawn.get(SANITY_CHART),
         prompt=prompt, hardware=data.get("hardware") or {}, sanity=data.get("sanity"),
         examples=data.get("examples") or [], warnings=data.get("warning_events") or [],

@@ -12,16 +12,20 @@ is gone can still be read with `sftjob report OUTPUT_URI`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
+from sftjob_runtime.errors import Terminated
 from sftjob_runtime.events import emit
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 # What the sanity init container leaves for the train container (same work volume).
 SANITY_JSON = "sanity.json"
+# A failed run's report beside a model exported earlier to the same place: that model's report stays.
+FAILED_PREFIX = "failed-run-"
 EXAMPLES_SHOWN = 2
 
 
@@ -36,26 +40,24 @@ class RunRecord:
         self.examples: list[dict] = []
         self.sanity: dict | None = None
         self.history: list[dict] = []
+        self.history_of = None  # a callback whose `history` is the trainer's log, while training runs
         self.warnings: list[dict] = []
+        self.earlier_warnings: list[dict] = []  # raised in the init container (sanity.json)
         self.result: dict = {}  # train.TrainResult, once training finished
 
     def prepared(self, prep) -> None:
         """What was decided before the first step, and the first training examples as tokenized."""
         from sftjob_runtime.masking import labelled_segments
 
-        self.setup = {
-            "model": prep.cfg.model.source,
-            "resolved": prep.resolved.as_dict(),
-            "hardware": prep.hardware.as_dict(),
-            "data": {"trainRows": len(prep.train.examples), "validationRows": len(prep.val.examples),
-                     "trainTokens": prep.train.tokens, "truncatedRows": prep.train.truncated + prep.val.truncated,
-                     "fullyMaskedRows": len(prep.train.all_masked) + len(prep.val.all_masked)},
-        }
-        self.examples = [
-            {"source": ex.source, "num_tokens": row.num_tokens, "num_trained_tokens": row.num_trained_tokens,
-             "truncated": row.truncated, "segments": labelled_segments(prep.tokenizer, row.input_ids, row.labels)}
-            for ex, row in list(zip(prep.train.examples, prep.train.rows))[:EXAMPLES_SHOWN]
-        ]
+        with _only_warns("report_incomplete"):
+            spec_fields = sorted(prep.cfg.training.model_fields_set)
+            self.setup = {"model": prep.cfg.model.source, "resolved": prep.resolved.as_dict(), "specFields": spec_fields,
+                          "hardware": prep.hardware.as_dict(), "data": prep.data_counts()}
+            self.examples = [
+                {"source": ex.source, "num_tokens": row.num_tokens, "num_trained_tokens": row.num_trained_tokens,
+                 "truncated": row.truncated, "segments": labelled_segments(prep.tokenizer, row.input_ids, row.labels)}
+                for ex, row in list(zip(prep.train.examples, prep.train.rows))[:EXAMPLES_SHOWN]
+            ]
 
     def sanity_done(self, result, generation: str | None = None, history: list[dict] | None = None) -> None:
         """The sanity check's findings (a `SanityResult`), the text generated after its steps and its log."""
@@ -66,26 +68,44 @@ class RunRecord:
         """The sanity check the init container ran in this pod (its `sanity.json`), when there is one."""
         path = Path(work_dir) / SANITY_JSON
         if self.sanity is None and path.is_file():
-            try:
-                self.sanity = json.loads(path.read_text())
-            except (OSError, ValueError):
-                pass
+            with _only_warns("report_incomplete"):
+                saved = json.loads(path.read_text())
+                self.sanity, self.earlier_warnings = saved.get("sanity"), saved.get("warnings") or []
 
-    def save_sanity(self, work_dir: Path) -> None:
-        if self.sanity is not None:
+    def save_sanity(self, work_dir: Path, state=None) -> None:
+        """Leave the sanity findings and the warnings so far on the work volume for the train container's report."""
+        if self.sanity is None:
+            return
+        with _only_warns("report_incomplete"):
             Path(work_dir).mkdir(parents=True, exist_ok=True)
-            (Path(work_dir) / SANITY_JSON).write_text(json.dumps(self.sanity, indent=2, default=str))
+            saved = {"sanity": self.sanity, "warnings": state.logged_warnings() if state is not None else []}
+            (Path(work_dir) / SANITY_JSON).write_text(json.dumps(saved, indent=2, default=str))
 
     def finish(self, ok: bool, reason: str, message: str, state=None) -> None:
+        """The outcome, and every warning raised so far (`state`: the run's ProgressState)."""
         self.outcome = {"ok": ok, "reason": reason, "message": message}
         if state is not None:
             self.warnings = state.logged_warnings()
 
     def to_dict(self) -> dict:
         """report.json: the train result's keys (as before) plus what the HTML report needs."""
+        history = self.history_of.history if self.history_of is not None else self.history
         base = {"name": self.name, "duration_seconds": round(time.time() - self.started, 1), **self.setup}
-        return {**base, **self.result, "outcome": self.outcome, "started": self.started, "examples": self.examples,
-                "sanity": self.sanity, "log_history": self.history, "warning_events": self.warnings}
+        return {**base, **self.result, "outcome": self.outcome, "started": self.started,
+                "run_seconds": round(time.time() - self.started, 1), "examples": self.examples,
+                "sanity": self.sanity, "log_history": [dict(e) for e in history],
+                "warning_events": self.earlier_warnings + self.warnings}
+
+
+@contextlib.contextmanager
+def _only_warns(event: str):
+    """A part of the report that cannot be gathered is a warning: the run's own outcome stands (SIGTERM still ends it)."""
+    try:
+        yield
+    except Terminated:
+        raise
+    except Exception as e:  # noqa: BLE001 - a report must never change the outcome of the run it describes
+        emit(event, level="warning", error=f"{type(e).__name__}: {e}"[:300])
 
 
 def write_report(record: RunRecord, directory: Path) -> Path | None:
@@ -103,6 +123,8 @@ def write_report(record: RunRecord, directory: Path) -> Path | None:
         html = directory / REPORT_HTML
         html.write_text(render_report(data), encoding="utf-8")
         return html
+    except Terminated:
+        raise
     except Exception as e:  # noqa: BLE001 - whatever broke, the run's own result stands
         emit("report_not_written", level="warning", directory=str(directory), error=f"{type(e).__name__}: {e}"[:300])
         return None
@@ -113,31 +135,48 @@ def publish_failure_report(directory: Path, uri: str, *, endpoint: str | None, r
 
     The training pod's volume goes with the pod: this is where a failed run's
     report survives. Only the two report files are written (no manifest: there
-    is no model). A storage error is a warning.
+    is no model); where a model was exported before, they are `failed-run-report.*`,
+    so that model's own report stays. A storage error is a warning.
     """
     from sftjob_runtime import s3
 
+    from sftjob_runtime.export import MANIFEST
+
     files = [Path(directory) / n for n in (REPORT_HTML, REPORT_JSON) if (Path(directory) / n).is_file()]
-    if not files:
-        return None
+    if not files or ("://" in uri and not uri.startswith(("s3://", "file://"))):
+        return None  # another scheme (pvc:// outside a pod) is not somewhere this process can write
     try:
         if uri.startswith("s3://"):
             bucket, prefix = s3.split(uri)
             client = s3.client(endpoint, region)
+
+            def key(name: str) -> str:
+                return f"{prefix.strip('/')}/{name}".lstrip("/")
+
+            # A model exported there earlier keeps its own report (its manifest vouches for it).
+            names = _names(s3.exists(client, bucket, key(MANIFEST)))
             for f in files:
                 kind = "text/html; charset=utf-8" if f.suffix == ".html" else "application/json"
-                s3.put_bytes(client, bucket, f"{prefix.strip('/')}/{f.name}".lstrip("/"), f.read_bytes(), content_type=kind)
-            return f"{uri.rstrip('/')}/{REPORT_HTML}"
+                s3.put_bytes(client, bucket, key(names[f.name]), f.read_bytes(), content_type=kind)
+            return f"{uri.rstrip('/')}/{names[REPORT_HTML]}"
         dest = Path(uri.removeprefix("file://")).expanduser()
         if dest.resolve() == Path(directory).resolve():
             return str(dest / REPORT_HTML)
+        names = _names((dest / MANIFEST).is_file())
         dest.mkdir(parents=True, exist_ok=True)
         for f in files:
-            (dest / f.name).write_bytes(f.read_bytes())
-        return str(dest / REPORT_HTML)
+            (dest / names[f.name]).write_bytes(f.read_bytes())
+        return str(dest / names[REPORT_HTML])
+    except Terminated:
+        raise
     except Exception as e:  # noqa: BLE001 - the failure being reported matters more than its report
         emit("report_not_published", level="warning", uri=uri, error=s3.describe(e))
         return None
+
+
+def _names(exported: bool) -> dict[str, str]:
+    """The names a failed run's report files get at the output: beside an exported model, names of their own."""
+    return {n: (FAILED_PREFIX + n if exported else n) for n in (REPORT_HTML, REPORT_JSON)}
 
 
 def read_report(location: str, *, endpoint: str | None = None, region: str | None = None) -> dict:

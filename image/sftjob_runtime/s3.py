@@ -205,6 +205,11 @@ def _holds(s3, bucket: str, key: str, path: Path, entry: dict) -> bool:
     return stored == _composite(path, first["ContentLength"])
 
 
+def exists(s3, bucket: str, key: str) -> bool:
+    """Whether bucket/key is there (a denied HEAD counts as absent, as S3 answers without ListBucket)."""
+    return _head(s3, bucket, key) is not None
+
+
 def _head(s3, bucket: str, key: str, **kwargs) -> dict | None:
     from botocore.exceptions import ClientError
 

@@ -90,7 +90,7 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
     counter = TokenCounter()
     monitor = MonitorCallback(state, counter)
     if record is not None:
-        record.history = monitor.history
+        record.history_of = monitor  # the trainer's own log: on a resumed run it holds the steps before the restart
     callbacks = [monitor]
     # Building the arguments sets up the process group when torchrun started several processes.
     args = build_sft_config(cfg, r, paths, has_eval=eval_ds is not None)
@@ -161,20 +161,13 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
         duration_seconds=round(time.monotonic() - t0, 1),
         resolved=r.as_dict(),
         hardware=prep.hardware.as_dict(),
-        data={
-            "trainRows": len(prep.train.examples), "validationRows": len(prep.val.examples),
-            "trainTokens": prep.train.tokens, "truncatedRows": prep.train.truncated + prep.val.truncated,
-            "fullyMaskedRows": len(prep.train.all_masked) + len(prep.val.all_masked),
-        },
+        data=prep.data_counts(),
         sample_prompt=sample_msgs,
         sample_before=sample_before,
         sample_after=sample_after,
         warnings=list(state.snapshot().warnings),
         resumed_from=last,
     )
-    if record is not None:
-        # The trainer's own history: on a resumed run it holds the steps before the restart too.
-        record.history = [dict(e) for e in trainer.state.log_history]
     state.update(stage="exporting", bestEvalLoss=result.best_eval_loss, bestStep=best_step)
     return result
 
