@@ -100,6 +100,14 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     return sanity(args.file, as_json=args.json, output_dir=args.output)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Pre-flight plan: memory per GPU by strategy, whether it fits, steps, time and cost."""
+    from sftjob_runtime.plan_job import plan_command
+
+    return plan_command(args.file, as_json=args.json, gpu_memory=args.gpu_memory, tokens_per_second=args.tokens_per_second,
+                        price_per_gpu_hour=args.price_per_gpu_hour, train_rows=args.train_rows)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Render a run's report.html from its report.json (a run directory, an exported model or an output URI)."""
     from sftjob_runtime.entrypoint import report
@@ -150,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--output", metavar="DIR", help="keep the findings here for the run report (the pod's work volume)")
     p.set_defaults(func=cmd_sanity)
+
+    p = sub.add_parser("plan", help="memory per GPU by strategy, whether it fits, steps, time and cost "
+                                     "(exit 0 fits, 1 does not)")
+    p.add_argument("file", metavar="FILE", help="an SFTJob manifest or a run config JSON")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="memory of one GPU, e.g. 80Gi or 24GB (default: from a known GPU "
+                   "in spec.resources.nodeSelector, else 80 GB)")
+    p.add_argument("--tokens-per-second", type=float, metavar="N", help="training throughput per GPU, for the time")
+    p.add_argument("--price-per-gpu-hour", type=float, metavar="PRICE", help="for the cost (with --tokens-per-second)")
+    p.add_argument("--train-rows", type=int, metavar="N", help="training rows, when the data is not local")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="write a run's self-contained report.html (curves, sanity, masking, settings)")
     p.add_argument("location", metavar="RUN_DIR|OUTPUT_URI",
