@@ -24,7 +24,7 @@ from tests.support.browser import open_page
 from tests.support.jobs import DATA, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["summary", "curves", "warnings", "sanity", "examples", "settings", "samples"]
+SECTIONS = ["summary", "curves", "warnings", "sanity", "examples", "settings", "plan", "samples"]
 
 
 def _loss_steps(report: dict) -> list[int]:
@@ -73,7 +73,8 @@ def test_a_quickstart_sized_run_writes_a_report_that_opens_cleanly_in_chromium(t
     assert page.loss_points == len(logged)
     for expected in ("Succeeded", f"step {report['best_step']}", "Sanity check", "Passed", "Learning rate",
                      "Gradient norm", "Throughput", "Effective batch: 4 per device", "size default (<1B)",
-                     "attention implementation", "Before training:", "After training:"):
+                     "attention implementation", "Before training:", "After training:", "Pre-flight plan",
+                     "DDP: fits the CPU's"):
         assert expected in page.text, expected
     assert "highlighted" in page.text.lower() and len(report["examples"]) == 2
     print(f"\nreport.html {(work / 'report.html').stat().st_size / 1024:.0f} KiB; phone screenshot {shot}")

@@ -176,6 +176,7 @@ def sanity(file: str, as_json: bool = False, output_dir: str | None = None) -> i
             record.name = cfg.name
             prep = prepare_run(cfg, base)
             record.prepared(prep)
+            record.planned(file, prep)
             with _out_of_memory(prep, "sanity check"):
                 result = run_sanity(prep, state, record)
             if output_dir:
@@ -251,6 +252,7 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
             prep = prepare_run(cfg, base)
             record.prepared(prep)
             if main:
+                record.planned(file, prep)
                 console.print_resolved(prep)
             # In a pod the init container has already run the check (and passed, or this would not start).
             if cfg.sanityCheck.enabled and not skip_sanity:

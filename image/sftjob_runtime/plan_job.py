@@ -70,12 +70,17 @@ def gpu_capacity(node_selector: dict[str, str], override: str | None) -> tuple[s
     return ASSUMED_GPU[0], ASSUMED_GPU[1], "assumed"
 
 
-def load_arch(cfg, base: Path | None) -> est.Arch:
-    """Shapes from config.json only: a local directory, or a hub id through the hub cache (config.json alone)."""
+def load_arch(cfg, base: Path | None, model_dir: str | None = None) -> est.Arch:
+    """Shapes from config.json only: a local directory, or a hub id through the hub cache (config.json alone).
+
+    `model_dir`: the model already fetched (a run's own plan, for its report).
+    """
     from transformers import AutoConfig
 
     from sftjob_runtime.prepare import hf_token, resolve_path
 
+    if model_dir is not None:
+        return est.arch_from_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.model.trustRemoteCode))
     src = cfg.model.source
     if src.startswith(("s3://", "pvc://")):
         raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"spec.model.source: {src}: plan reads the model config from a local "
@@ -140,8 +145,13 @@ def data_counts(cfg, base: Path | None, model_dir: str | None, train_rows: int |
 
 
 def build_plan(file: str, *, gpu_memory: str | None = None, tokens_per_second: float | None = None,
-               price_per_gpu_hour: float | None = None, train_rows: int | None = None) -> dict:
-    """The whole plan of one SFTJob manifest (or run config) as a JSON-ready dict (shape: docs/design-notes.md)."""
+               price_per_gpu_hour: float | None = None, train_rows: int | None = None, model_dir: str | None = None,
+               data: dict | None = None) -> dict:
+    """The whole plan of one SFTJob manifest (or run config) as a JSON-ready dict (shape: docs/design-notes.md).
+
+    A run planning itself for its report passes the model it fetched (`model_dir`) and the data counts it
+    tokenized (`data`), so nothing is read twice.
+    """
     from sftjob.manifest import load_sftjob
     from sftjob.runconfig import RunConfig, load_run_config
     from sftjob_runtime.hparams import plan_steps, resolve
@@ -153,7 +163,7 @@ def build_plan(file: str, *, gpu_memory: str | None = None, tokens_per_second: f
     else:
         job = load_sftjob(file)
         cfg, selector, memory = RunConfig.from_sftjob(job), job.spec.resources.nodeSelector, job.spec.resources.memory
-    arch = load_arch(cfg, base)
+    arch = load_arch(cfg, base, model_dir)
     if cfg.gpus > 0:
         cap_name, capacity, cap_source = gpu_capacity(selector, gpu_memory)
     else:
@@ -166,8 +176,9 @@ def build_plan(file: str, *, gpu_memory: str | None = None, tokens_per_second: f
     strategies = est.all_strategies(arch, setup, capacity, host)
     chosen = est.choose(strategies)
     fixes = est.suggestions(arch, setup, capacity, host) if not strategies["ddp"].fits else []
-    local_dir = resolve_path(cfg.model.source, base)
-    data = data_counts(cfg, base, local_dir if Path(local_dir).is_dir() else None, train_rows)
+    if data is None:
+        local_dir = model_dir or resolve_path(cfg.model.source, base)
+        data = data_counts(cfg, base, local_dir if Path(local_dir).is_dir() else None, train_rows)
     steps = epoch_steps = None
     if data["tokensPerEpoch"] is not None:
         sequences = math.ceil(data["tokensPerEpoch"] / setup.seq) if setup.packing else data["trainRows"]

@@ -36,6 +36,7 @@ def _environment():
     env = Environment(loader=PackageLoader("sftjob_runtime", "templates"), autoescape=select_autoescape(["jinja"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
+    env.filters["mem"] = _mem
     return env
 
 
@@ -49,6 +50,12 @@ def _num(value, digits: int = 4) -> str:
             return str(value)
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def _mem(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "n/a"
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _style():
@@ -190,7 +197,7 @@ def render_report(data: dict) -> str:
         r=data, resolved=resolved, outcome=_outcome(data), settings=_settings(data),
         charts={k: v for k, v in drawn.items() if k != SANITY_CHART}, sanity_chart=drawn.get(SANITY_CHART),
         prompt=prompt, hardware=data.get("hardware") or {}, sanity=data.get("sanity"),
-        examples=data.get("examples") or [], warnings=data.get("warning_events") or [],
+        examples=data.get("examples") or [], warnings=data.get("warning_events") or [], plan=data.get("plan"),
         started=datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         if isinstance(started, (int, float)) else None,
         logged_steps=len(_train_logs(data.get("log_history") or [])),

@@ -1,7 +1,7 @@
 """The run report: what one run did, gathered as it goes and written at its end, however it ends.
 
-`RunRecord` collects the resolved settings, two training examples as the
-trainer sees them, the sanity check, the trainer's log history and every
+`RunRecord` collects the resolved settings, the pre-flight plan, two training
+examples as the trainer sees them, the sanity check, the trainer's log history and every
 warning with its step. At the end (a finished run, a failed sanity check, a
 crash) it is written as `report.json` and rendered as `report.html`
 (`report_html`) in the work directory. A successful run ships both inside
@@ -39,6 +39,7 @@ class RunRecord:
         self.setup: dict = {}  # model, resolved (with origins), hardware, data counts
         self.examples: list[dict] = []
         self.sanity: dict | None = None
+        self.plan: dict | None = None  # plan_job.build_plan's
         self.history: list[dict] = []
         self.history_of = None  # a callback whose `history` is the trainer's log, while training runs
         self.warnings: list[dict] = []
@@ -58,6 +59,21 @@ class RunRecord:
                  "truncated": row.truncated, "segments": labelled_segments(prep.tokenizer, row.input_ids, row.labels)}
                 for ex, row in list(zip(prep.train.examples, prep.train.rows))[:EXAMPLES_SHOWN]
             ]
+
+    def planned(self, file: str, prep) -> None:
+        """The pre-flight plan (`sftjob plan`) of this run, from the model and data it already loaded."""
+        from sftjob_runtime.plan_job import build_plan
+
+        rows = [r for r in prep.train.rows if r.num_trained_tokens > 0]
+        data = {"trainRows": len(rows), "tokensPerEpoch": sum(r.num_tokens for r in rows), "tokensExact": True,
+                "note": "tokenized as training does"}
+        with _only_warns("report_incomplete"):
+            gpu = None
+            if prep.hardware.device == "cuda":  # in the pod: the card it got, not a guess from labels
+                import torch
+
+                gpu = f"{torch.cuda.get_device_properties(0).total_memory // 2**20}Mi"
+            self.plan = build_plan(file, model_dir=prep.model_path, data=data, gpu_memory=gpu)
 
     def sanity_done(self, result, generation: str | None = None, history: list[dict] | None = None) -> None:
         """The sanity check's findings (a `SanityResult`), the text generated after its steps and its log."""
@@ -93,7 +109,7 @@ class RunRecord:
         base = {"name": self.name, "duration_seconds": round(time.time() - self.started, 1), **self.setup}
         return {**base, **self.result, "outcome": self.outcome, "started": self.started,
                 "run_seconds": round(time.time() - self.started, 1), "examples": self.examples,
-                "sanity": self.sanity, "log_history": [dict(e) for e in history],
+                "sanity": self.sanity, "plan": self.plan, "log_history": [dict(e) for e in history],
                 "warning_events": self.earlier_warnings + self.warnings}
 
 
