@@ -257,7 +257,7 @@ def test_unschedulable_pod_names_the_scheduler_message_and_what_to_change():
     c = cond(status, "SanityChecked")
     assert (c["status"], c["reason"]) == ("False", "Unschedulable")
     assert c["message"] == (
-        "The pod cannot be scheduled: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu.. Lower spec.resources "
+        "The pod cannot be scheduled: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu. Lower spec.resources "
         "(gpus, cpu, memory), fix spec.resources.nodeSelector/tolerations, or add capacity."
     )
     assert c["lastTransitionTime"] == STAMP1  # Unknown -> False is a transition

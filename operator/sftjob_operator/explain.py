@@ -189,7 +189,7 @@ def unschedulable(pod: Mapping[str, Any]) -> Verdict | None:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
             return Verdict(
                 Reason.UNSCHEDULABLE.value,
-                f"The pod cannot be scheduled: {cond.get('message') or 'no node fits'}. Lower spec.resources "
+                f"The pod cannot be scheduled: {(cond.get('message') or 'no node fits').rstrip('. ')}. Lower spec.resources "
                 "(gpus, cpu, memory), fix spec.resources.nodeSelector/tolerations, or add capacity.",
                 ConditionType.SANITY_CHECKED.value if has_sanity_container(pod) else ConditionType.TRAINING.value,
             )
