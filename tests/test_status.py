@@ -579,6 +579,21 @@ def test_exit_code_without_a_report_maps_to_its_reason():
     )
 
 
+def test_a_job_failure_that_overtakes_its_pods_exit_waits_for_the_pods_story():
+    # Two watches, no ordering between them: the Job's Failed (PodFailurePolicy) can arrive while the pod
+    # still looks like it runs. Concluding then would fix "InternalError" for good; the pod's event decides.
+    job = make_job(conditions=[job_condition("Failed", "PodFailurePolicy", "exit code 10")], active=0, failed=1)
+    running_pod = make_pod(phase="Pending", init=running(), main=waiting("PodInitializing"))
+    assert compute_status({**PENDING_STATUS, "phase": "SanityChecking"}, job, [running_pod], now=T1) == {}
+    outcome = Outcome(ok=False, reason="SanityNoEndOfTurn", message="sanity check failed: no end of turn")
+    failed = make_pod(phase="Failed", init=terminated(10, "Error", outcome.to_termination_message()), main=waiting("PodInitializing"))
+    _, status = step({**PENDING_STATUS, "phase": "SanityChecking"}, job, [failed])
+    assert (cond(status, "Failed")["reason"], status["phase"]) == ("SanityNoEndOfTurn", "Failed")
+    # With no pod left to tell, the Job's own reason is all there is.
+    _, status = step({**PENDING_STATUS, "phase": "SanityChecking"}, job, [])
+    assert cond(status, "Failed")["reason"] == "InternalError"
+
+
 def test_unknown_runtime_reason_is_an_internal_error_that_keeps_the_text():
     outcome = Outcome(ok=False, reason="TokenizerExploded", message="the tokenizer exploded")
     pod = make_pod(phase="Failed", init=terminated(0, "Completed"), main=terminated(1, "Error", outcome.to_termination_message()))

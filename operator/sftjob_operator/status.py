@@ -198,6 +198,17 @@ def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Map
     desired["conditions"] = conds
 
 
+def _pod_evidence_pending(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a Job failed by its podFailurePolicy while every pod we know of still looks unfinished.
+
+    The policy fires on a pod's exit code, so that pod has finished: the Job's
+    watch event simply overtook the pod's. A finished SFTJob stays as it
+    finished, so concluding now would fix a vague reason for good.
+    """
+    cond = true_condition(job, "Failed") or true_condition(job, "FailureTarget") or {}
+    return cond.get("reason") == "PodFailurePolicy" and bool(pods) and not any(pod_finished(p) for p in pods)
+
+
 def compute_status(
     current: Mapping[str, Any],
     job: Mapping[str, Any] | None,
@@ -240,6 +251,8 @@ def compute_status(
         _succeeded(desired, pods, stamp)
     elif true_condition(job, "Failed") or true_condition(job, "FailureTarget"):
         verdict = explain_job_failure(job, pods, hint)
+        if verdict.reason == Reason.INTERNAL_ERROR.value and _pod_evidence_pending(job, pods):
+            return {}  # the failed pod's own story has not reached this watch yet: its event brings us back
         _failed(desired, verdict, stamp)
     elif suspend or job_spec.get("suspend"):
         queued = not suspend and labels.get(KUEUE_QUEUE_LABEL)
