@@ -19,7 +19,6 @@ from sftjob_runtime.progress_server import ProgressState
 from sftjob_runtime.warning_signs import GRAD_NORM_HIGH, GRAD_NORM_LOW, SPIKE_FACTOR, TOKENS_DROP
 
 
-
 class TokenCounter:
     """Tokens the trainer has processed (incremented by the trainer per micro-batch)."""
 
@@ -38,8 +37,7 @@ class MonitorCallback(TrainerCallback):
         self.eval_losses: list[float] = []
         self.tps_history: list[float] = []
         self.diverged: str | None = None
-        # The trainer's log history (restored with a checkpoint on resume), for the run report; until training
-        # begins, the records this callback saw.
+        # The trainer's log history (restored with a checkpoint on resume), for the run report; set when training begins.
         self.history: list[dict] = []
         self.warmup_steps = 0
         self._t0 = None
@@ -62,8 +60,6 @@ class MonitorCallback(TrainerCallback):
             self._on_train_log(step, logs, state, control)
         if "eval_loss" in logs:
             self._on_eval(step, float(logs["eval_loss"]), state)
-        if self.history is not state.log_history:  # a trainer that keeps no history of its own
-            self.history.append({**logs, "step": step})
 
     def _on_train_log(self, step, logs, state, control) -> None:
         loss = float(logs["loss"])

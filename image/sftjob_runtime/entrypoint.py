@@ -235,7 +235,7 @@ def report(location: str, out: str | None = None, *, endpoint: str | None = None
 def run(file: str, output_dir: str | None = None, report_json: str | None = None, skip_sanity: bool = False) -> int:
     """The whole job: prepare → sanity (when enabled and not already passed) → train → export → summary."""
     _quiet_libraries()
-    from sftjob_runtime.export import export_checkpoint
+    from sftjob_runtime.export import destination, export_checkpoint
     from sftjob_runtime.hardware import is_main_process
     from sftjob_runtime.sanity import failure as sanity_failure, run_sanity
     from sftjob_runtime.prepare import prepare_run
@@ -269,9 +269,10 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
             if not main:
                 return 0
             location = _output_location(cfg.output.uri, base)
+            done = f"best checkpoint at step {res.best_step} exported"
             # The report travels inside the exported model (and so in its manifest).
-            record.result = {**res.as_dict(), "exportedTo": _exported_name(location)}
-            record.finish(True, Reason.COMPLETED.value, f"best checkpoint at step {res.best_step} exported", state)
+            record.result = {**res.as_dict(), "exportedTo": destination(location)}
+            record.finish(True, Reason.COMPLETED.value, done, state)
             write_report(record, Path(res.best_dir))
             state.update(stage="exporting")
             try:
@@ -291,13 +292,13 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
     if tidied.get("bestDir"):
         res.best_dir = tidied["bestDir"]
     record.result = {**res.as_dict(), "exportedTo": dest, "workDir": tidied}
-    record.finish(True, Reason.COMPLETED.value, f"best checkpoint at step {res.best_step} exported", state)  # + export's warnings
+    record.finish(True, Reason.COMPLETED.value, done, state)  # again: the export's warnings too
     html = write_report(record, work)
     if report_json:
         Path(report_json).write_text(json.dumps(record.to_dict(), indent=2, default=str))
     console.print_summary(res, dest, tidied, html)
     write_outcome(Outcome(
-        ok=True, reason=Reason.COMPLETED.value, message=f"best checkpoint at step {res.best_step} exported",
+        ok=True, reason=Reason.COMPLETED.value, message=done,
         bestCheckpoint=BestCheckpoint(uri=dest, step=res.best_step, evalLoss=res.best_eval_loss),
         evalLossBefore=res.eval_loss_before, evalLossAfter=res.eval_loss_after,
         resolved={k: v for k, v in res.resolved.items() if k != "origin"},
@@ -326,13 +327,6 @@ def _reporting(record: RunRecord, work: str | Path | None, state: ProgressState,
                 print(f"run report: {html}" + (f" (also at {where})" if where and where != str(html) else ""),
                       file=sys.stderr)
         raise
-
-
-def _exported_name(location: str) -> str:
-    """What export_checkpoint will return for a destination: s3:// as given, a directory as file://<absolute path>."""
-    if location.startswith("s3://"):
-        return location.rstrip("/")
-    return f"file://{Path(location.removeprefix('file://')).expanduser().resolve()}"
 
 
 def _output_location(uri: str, base: Path) -> str:

@@ -35,7 +35,15 @@ from sftjob_runtime.s3 import TransferSettings, sha256_of
 
 MANIFEST = "sftjob-manifest.json"
 PARTIAL = ".partial"
-__all__ = ["MANIFEST", "TransferSettings", "build_manifest", "export_checkpoint", "sha256_of"]
+__all__ = ["MANIFEST", "TransferSettings", "build_manifest", "destination", "export_checkpoint", "sha256_of"]
+
+
+def destination(uri: str) -> str:
+    """Where an export to `uri` lands, as export_checkpoint names it: s3://bucket[/prefix], or file://<absolute dir>."""
+    if uri.startswith("s3://"):
+        bucket, prefix = s3.split(uri)
+        return f"s3://{bucket}/{prefix.strip('/')}" if prefix.strip("/") else f"s3://{bucket}"
+    return f"file://{Path(uri.removeprefix('file://')).expanduser().resolve()}"
 
 
 def export_checkpoint(src: Path, uri: str, *, endpoint: str | None = None, region: str | None = None,
@@ -55,8 +63,7 @@ def export_checkpoint(src: Path, uri: str, *, endpoint: str | None = None, regio
         if "://" in uri and not uri.startswith("file://"):
             raise RuntimeFailure(Reason.EXPORT_FAILED, f"spec.output.uri: {uri!r} is neither s3://, file:// nor a "
                                  "path; use one of those", ExitCode.EXPORT_FAILED)
-        dest = Path(uri.removeprefix("file://")).expanduser().resolve()
-        return _to_dir(src, dest, extra or {})
+        return _to_dir(src, Path(destination(uri).removeprefix("file://")), extra or {})
     except RuntimeFailure as e:
         raise RuntimeFailure(e.reason, one_line(str(e)), e.exit_code) from e.__cause__
     except Exception as e:  # any storage error is an export failure with its cause
@@ -171,4 +178,4 @@ def _to_s3(src: Path, uri: str, extra: dict, endpoint: str | None, region: str |
     client.delete_object(Bucket=bucket, Key=key(MANIFEST))
     entries = s3.upload_tree(client, bucket, src, _files(src), key, settings)
     s3.put_bytes(client, bucket, key(MANIFEST), _manifest_bytes(entries, extra))
-    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+    return destination(uri)

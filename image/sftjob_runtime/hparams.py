@@ -162,19 +162,12 @@ def plan_steps(resolved: Resolved, training: TrainingSpec, train_rows: int) -> R
 
 def count_parameters(model_dir_or_id: str, *, revision: str = "main", trust_remote_code: bool = False, token: str | None = None) -> int:
     """Parameters of a model from its config alone: the model is built on the meta device, no weights are read."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from sftjob_runtime.plan import arch_from_config
 
     config = AutoConfig.from_pretrained(model_dir_or_id, revision=revision, trust_remote_code=trust_remote_code, token=token)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    # Tied embeddings are one tensor: count unique storage once.
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+    return arch_from_config(config, trust_remote_code=trust_remote_code).parameters  # tied embeddings counted once
 
 
 # Bytes per trained parameter in a checkpoint: 2 of weights plus 12 of AdamW state and fp32 master copy;

@@ -95,16 +95,8 @@ def trained_runs(labels: Sequence[int]) -> list[Span]:
     return runs
 
 
-def trained_spans(tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int], labels: Sequence[int]) -> list[str]:
-    """Decode each maximal run of consecutive trained tokens (special tokens kept)."""
-    return [
-        tokenizer.decode(list(input_ids[start:end]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        for start, end in trained_runs(labels)
-    ]
-
-
 def labelled_segments(tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int], labels: Sequence[int]) -> list[tuple[str, bool]]:
-    """The whole example decoded in consecutive pieces, each marked trained or not (what report.html highlights)."""
+    """The whole example decoded in consecutive pieces, each marked trained or not (special tokens kept)."""
     pieces: list[tuple[str, bool]] = []
     cursor = 0
     for start, end in [*trained_runs(labels), (len(input_ids), len(input_ids))]:
@@ -114,6 +106,11 @@ def labelled_segments(tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[in
                                                 clean_up_tokenization_spaces=False), trained))
         cursor = end
     return pieces
+
+
+def trained_spans(tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int], labels: Sequence[int]) -> list[str]:
+    """Decode each maximal run of consecutive trained tokens (special tokens kept)."""
+    return [text for text, trained in labelled_segments(tokenizer, input_ids, labels) if trained]
 
 
 class ConversationMasker:

@@ -97,13 +97,13 @@ class Arch:
         return d
 
 
-def arch_from_config(config) -> Arch:
+def arch_from_config(config, *, trust_remote_code: bool = False) -> Arch:
     """Build the model on the meta device (no memory, no weights) and read its shapes."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     unique = {id(p): (n, p) for n, p in model.named_parameters(remove_duplicate=True)}.values()
     total = sum(p.numel() for _, p in unique)
     in_layers = sum(p.numel() for n, p in unique if ".layers." in f".{n}")

@@ -80,7 +80,8 @@ def load_arch(cfg, base: Path | None, model_dir: str | None = None) -> est.Arch:
     from sftjob_runtime.prepare import hf_token, resolve_path
 
     if model_dir is not None:
-        return est.arch_from_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.model.trustRemoteCode))
+        return est.arch_from_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.model.trustRemoteCode),
+                                    trust_remote_code=cfg.model.trustRemoteCode)
     src = cfg.model.source
     if src.startswith(("s3://", "pvc://")):
         raise RuntimeFailure(Reason.MODEL_NOT_FOUND, f"spec.model.source: {src}: plan reads the model config from a local "
@@ -96,7 +97,7 @@ def load_arch(cfg, base: Path | None, model_dir: str | None = None) -> est.Arch:
         raise RuntimeFailure(Reason.MODEL_NOT_FOUND, one_line(
             f"spec.model.source: cannot read the config of {src!r} ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}); "
             "offline, the hub cache must hold it (HF_HUB_OFFLINE), or point the source at a local directory"), ExitCode.MODEL) from None
-    return est.arch_from_config(config)
+    return est.arch_from_config(config, trust_remote_code=cfg.model.trustRemoteCode)
 
 
 def _setup(cfg, capacity_name: str) -> est.Setup:
@@ -119,6 +120,13 @@ def _setup(cfg, capacity_name: str) -> est.Setup:
                      lora_dropout=lora.dropout if lora else 0.0, quantization=cfg.model.quantization)
 
 
+def tokenized_counts(rows) -> dict:
+    """Rows and tokens of one epoch from tokenized training rows (those with a token to train on: what TRL keeps)."""
+    kept = [r for r in rows if r.num_trained_tokens > 0]
+    return {"trainRows": len(kept), "tokensPerEpoch": sum(r.num_tokens for r in kept), "tokensExact": True,
+            "note": "tokenized as training does"}
+
+
 def data_counts(cfg, base: Path | None, model_dir: str | None, train_rows: int | None) -> dict:
     """Rows and tokens of one epoch: tokenized as training does when data (and tokenizer) are local."""
     seq = cfg.training.maxSeqLength
@@ -138,10 +146,7 @@ def data_counts(cfg, base: Path | None, model_dir: str | None, train_rows: int |
     except RuntimeFailure:
         return {"trainRows": len(train), "tokensPerEpoch": len(train) * seq, "tokensExact": False,
                 "note": "upper bound: rows x maxSeqLength (no tokenizer beside the model config)"}
-    split = tokenize_split(masker, train, seq)
-    rows = [r for r in split.rows if r.num_trained_tokens > 0]
-    return {"trainRows": len(rows), "tokensPerEpoch": sum(r.num_tokens for r in rows), "tokensExact": True,
-            "note": "tokenized as training does"}
+    return tokenized_counts(tokenize_split(masker, train, seq).rows)
 
 
 def build_plan(file: str, *, gpu_memory: str | None = None, tokens_per_second: float | None = None,

@@ -86,8 +86,8 @@ def _finite(value) -> float | None:
 
 
 def _points(history: list[dict], key: str) -> list[tuple[float, float]]:
-    return [(e["step"], float(e[key])) for e in history
-            if e.get(key) is not None and isinstance(e.get(key), (int, float)) and math.isfinite(float(e[key]))]
+    """(step, value) of every record holding a finite `key` (a NaN loss cannot be drawn; its warning says so)."""
+    return [(e["step"], v) for e in history if (v := _finite(e.get(key))) is not None]
 
 
 def _train_logs(history: list[dict]) -> list[dict]:
@@ -107,9 +107,10 @@ def charts(data: dict) -> dict[str, str]:
         evals.insert(0, (0, before))  # measured before the first step (not in the trainer's log)
     if loss or evals:
         series = [("train loss", loss, {}), ("eval loss", evals, {"dots_size": 3})]
-        if data.get("best_step") is not None and data.get("best_eval_loss") is not None:
-            series.append((f"best checkpoint (step {data['best_step']})",
-                           [(data["best_step"], float(data["best_eval_loss"]))], {"stroke": False, "dots_size": 7}))
+        best = _finite(data.get("best_eval_loss"))
+        if data.get("best_step") is not None and best is not None:
+            series.append((f"best checkpoint (step {data['best_step']})", [(data["best_step"], best)],
+                           {"stroke": False, "dots_size": 7}))
         marks = _warning_marks(data.get("warning_events") or [], loss)
         if marks:
             series.append(("warning", marks, {"stroke": False, "dots_size": 5}))

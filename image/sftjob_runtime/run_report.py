@@ -62,18 +62,15 @@ class RunRecord:
 
     def planned(self, file: str, prep) -> None:
         """The pre-flight plan (`sftjob plan`) of this run, from the model and data it already loaded."""
-        from sftjob_runtime.plan_job import build_plan
+        from sftjob_runtime.plan_job import build_plan, tokenized_counts
 
-        rows = [r for r in prep.train.rows if r.num_trained_tokens > 0]
-        data = {"trainRows": len(rows), "tokensPerEpoch": sum(r.num_tokens for r in rows), "tokensExact": True,
-                "note": "tokenized as training does"}
         with _only_warns("report_incomplete"):
             gpu = None
             if prep.hardware.device == "cuda":  # in the pod: the card it got, not a guess from labels
                 import torch
 
                 gpu = f"{torch.cuda.get_device_properties(0).total_memory // 2**20}Mi"
-            self.plan = build_plan(file, model_dir=prep.model_path, data=data, gpu_memory=gpu)
+            self.plan = build_plan(file, model_dir=prep.model_path, data=tokenized_counts(prep.train.rows), gpu_memory=gpu)
 
     def sanity_done(self, result, generation: str | None = None, history: list[dict] | None = None) -> None:
         """The sanity check's findings (a `SanityResult`), the text generated after its steps and its log."""
@@ -106,22 +103,26 @@ class RunRecord:
     def to_dict(self) -> dict:
         """report.json: the train result's keys (as before) plus what the HTML report needs."""
         history = self.history_of.history if self.history_of is not None else self.history
-        base = {"name": self.name, "duration_seconds": round(time.time() - self.started, 1), **self.setup}
-        return {**base, **self.result, "outcome": self.outcome, "started": self.started,
-                "run_seconds": round(time.time() - self.started, 1), "examples": self.examples,
+        elapsed = round(time.time() - self.started, 1)
+        # duration_seconds: until it ended, unless training finished (then TrainResult's: training alone).
+        base = {"name": self.name, "duration_seconds": elapsed, **self.setup}
+        return {**base, **self.result, "outcome": self.outcome, "started": self.started, "run_seconds": elapsed,
+                "examples": self.examples,
                 "sanity": self.sanity, "plan": self.plan, "log_history": [dict(e) for e in history],
                 "warning_events": self.earlier_warnings + self.warnings}
 
 
 @contextlib.contextmanager
-def _only_warns(event: str):
-    """A part of the report that cannot be gathered is a warning: the run's own outcome stands (SIGTERM still ends it)."""
+def _only_warns(event: str, **fields):
+    """Trouble with the report is a warning (`event`, with `fields`): the run's own outcome stands. SIGTERM still ends it."""
+    from sftjob_runtime import s3
+
     try:
         yield
     except Terminated:
         raise
     except Exception as e:  # noqa: BLE001 - a report must never change the outcome of the run it describes
-        emit(event, level="warning", error=f"{type(e).__name__}: {e}"[:300])
+        emit(event, level="warning", **fields, error=s3.describe(e)[:300])
 
 
 def write_report(record: RunRecord, directory: Path) -> Path | None:
@@ -132,18 +133,14 @@ def write_report(record: RunRecord, directory: Path) -> Path | None:
     from sftjob_runtime.report_html import render_report
 
     directory = Path(directory)
-    data = record.to_dict()
-    try:
+    with _only_warns("report_not_written", directory=str(directory)):
+        data = record.to_dict()
         directory.mkdir(parents=True, exist_ok=True)
         (directory / REPORT_JSON).write_text(json.dumps(data, indent=2, default=str))
         html = directory / REPORT_HTML
         html.write_text(render_report(data), encoding="utf-8")
         return html
-    except Terminated:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever broke, the run's own result stands
-        emit("report_not_written", level="warning", directory=str(directory), error=f"{type(e).__name__}: {e}"[:300])
-        return None
+    return None
 
 
 def publish_failure_report(directory: Path, uri: str, *, endpoint: str | None, region: str | None) -> str | None:
@@ -155,13 +152,12 @@ def publish_failure_report(directory: Path, uri: str, *, endpoint: str | None, r
     so that model's own report stays. A storage error is a warning.
     """
     from sftjob_runtime import s3
-
     from sftjob_runtime.export import MANIFEST
 
     files = [Path(directory) / n for n in (REPORT_HTML, REPORT_JSON) if (Path(directory) / n).is_file()]
     if not files or ("://" in uri and not uri.startswith(("s3://", "file://"))):
         return None  # another scheme (pvc:// outside a pod) is not somewhere this process can write
-    try:
+    with _only_warns("report_not_published", uri=uri):
         if uri.startswith("s3://"):
             bucket, prefix = s3.split(uri)
             client = s3.client(endpoint, region)
@@ -183,11 +179,7 @@ def publish_failure_report(directory: Path, uri: str, *, endpoint: str | None, r
         for f in files:
             (dest / names[f.name]).write_bytes(f.read_bytes())
         return str(dest / names[REPORT_HTML])
-    except Terminated:
-        raise
-    except Exception as e:  # noqa: BLE001 - the failure being reported matters more than its report
-        emit("report_not_published", level="warning", uri=uri, error=s3.describe(e))
-        return None
+    return None
 
 
 def _names(exported: bool) -> dict[str, str]:
