@@ -22,6 +22,7 @@ import yaml
 from sftjob.vocabulary import ExitCode
 from tests.support.browser import open_page
 from tests.support.jobs import DATA, write_job
+from tests.support.models import forced_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ["summary", "curves", "warnings", "sanity", "examples", "settings", "plan", "samples"]
@@ -60,11 +61,14 @@ def _quickstart_sized(tmp: Path, model: Path) -> Path:
 def test_a_quickstart_sized_run_writes_a_report_that_opens_cleanly_in_chromium(tiny_model_dir, tmp_path, browser):
     from sftjob_runtime.entrypoint import run
 
-    assert run(str(_quickstart_sized(tmp_path, tiny_model_dir)), output_dir=str(tmp_path / "work")) == 0
+    # The precision is forced (fp32 here, bf16 in the failure test below) whatever this CPU would pick.
+    with forced_precision("fp32") as dtype:
+        assert run(str(_quickstart_sized(tmp_path, tiny_model_dir)), output_dir=str(tmp_path / "work")) == 0
     work, export = tmp_path / "work", tmp_path / "export"
     report = json.loads((work / "report.json").read_text())
     logged = _loss_steps(report)
     assert report["outcome"]["ok"] and len(logged) >= report["steps"] // 5  # quickstart logs every 5 steps
+    assert report["resolved"]["dtype"] == dtype
 
     shot = tmp_path / "report-phone.png"
     page = open_page(browser, work / "report.html", screenshot=shot)
@@ -97,8 +101,10 @@ def test_a_failed_sanity_check_leaves_a_report_that_says_why_and_publishes_it_to
     bucket = s3_server.bucket()
     job = write_job(tmp_path, tiny_model_dir, training={"learningRate": 1e-12}, sanity=True,
                     extra={"output": {"uri": f"s3://{bucket}/runs/failed", "endpoint": s3_server.endpoint}})
-    r = _cli("run", str(job), "--output", str(tmp_path / "work"))
+    with forced_precision("bf16") as dtype:
+        r = _cli("run", str(job), "--output", str(tmp_path / "work"))
     assert r.returncode == ExitCode.SANITY_FAILED, r.stderr
+    assert json.loads((tmp_path / "work" / "report.json").read_text())["resolved"]["dtype"] == dtype
     assert "Traceback" not in r.stderr and "run report:" in r.stderr
 
     page = open_page(browser, tmp_path / "work" / "report.html")
