@@ -231,7 +231,13 @@ class ResourcesSpec(_Model):
     """What the training pod needs and where it may run."""
 
     gpus: int = Field(default=1, ge=0, le=16, description="GPUs per node (0 trains on CPU).")
-    nodes: int = Field(default=1, ge=1, le=1, description="Nodes. Only single-node jobs are supported in v1alpha1.")
+    nodes: int = Field(
+        default=1, ge=1, le=16,
+        description=(
+            "Nodes (pods), each with `gpus` GPUs. Above 1 the job is an Indexed Job with a headless Service: every pod "
+            "runs torchrun with the c10d rendezvous on pod 0, which alone runs the sanity check, reports and exports."
+        ),
+    )
     terminationGracePeriodSeconds: int | None = Field(
         default=None, ge=30, le=86400,
         description=(
@@ -435,6 +441,13 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
     _scheme_rule("spec.model.source", False, "a Hugging Face hub id (org/name), a local path"),
     _scheme_rule("spec.dataset.train", False, "a path"),
     _scheme_rule("spec.dataset.validation", True, "a path"),
+    CrossFieldRule(
+        "spec.resources.workVolumeClaim",
+        "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1 || !has(self.resources.workVolumeClaim)",
+        "a multi-node job gives each node's pod a scratch volume of its own (workVolumeSize); one claim cannot be "
+        "mounted by every node: leave workVolumeClaim unset (the S3 mirror keeps checkpoints across pods)",
+        lambda s: s.resources.nodes == 1 or s.resources.workVolumeClaim is None,
+    ),
     CrossFieldRule(
         "spec.output.uri",
         "self.output.uri.matches('^(s3://|pvc://|file://|/|[.])')",

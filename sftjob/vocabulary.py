@@ -161,6 +161,11 @@ SECRET_FILES = {
 }
 ENV_TERMINATION_LOG = "SFTJOB_TERMINATION_LOG"
 ENV_PROGRESS_PORT = "SFTJOB_PROGRESS_PORT"
+# Multi-node jobs: which node (pod) this is, 0-based (node 0 runs the sanity check, reports and exports),
+# and node 0's rendezvous endpoint (host:port), which the other nodes wait for before they start training.
+ENV_NODE_INDEX = "SFTJOB_NODE_INDEX"
+ENV_LEADER_ENDPOINT = "SFTJOB_LEADER_ENDPOINT"
+RENDEZVOUS_PORT = 29400  # torchrun's c10d default
 # The pod's terminationGracePeriodSeconds, so the runtime can warn when its checkpoint needs longer.
 ENV_GRACE_SECONDS = "SFTJOB_TERMINATION_GRACE_SECONDS"
 

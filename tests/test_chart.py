@@ -90,6 +90,7 @@ OPERATOR_PERMISSIONS = {
     ("batch", "jobs"): {"create", "get", "list", "watch", "patch"},  # create, 409 read-back, index, suspend
     ("", "pods"): {"list", "watch"},                              # index: phases, exit codes, pod IPs
     ("", "configmaps"): {"create", "get"},                        # run config, 409 read-back
+    ("", "services"): {"create", "get"},                          # multi-node headless Service, 409 read-back
     ("", "events"): {"create"},                                   # kopf.event
 }
 # kopf's scanning (cluster mode unless operator.disableScanning): the CRD watch.
@@ -669,21 +670,29 @@ def test_network_policy_lets_the_operator_poll_training_pods(rendered, variant: 
     assert "healthz" in ingress_ports  # the kubelet's probes
 
 
-def test_training_namespace_policies_admit_only_the_operator(rendered):
+def test_training_namespace_policies_admit_the_operator_and_a_multi_node_jobs_own_pods(rendered):
+    """The operator reaches the progress port; the pods of a multi-node job reach each other on any port; nobody else."""
     objs = rendered("monitoring-and-network-policy")
     operator_pod_labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     config = config_from(operator_env(objs))
-    job = next(o for o in render(parse_sftjob(copy.deepcopy(SFTJOB), "test"), config) if o["kind"] == "Job")
+    multi_node = copy.deepcopy(SFTJOB)
+    multi_node["spec"]["resources"] = {**multi_node["spec"].get("resources", {}), "nodes": 2}
+    job = next(o for o in render(parse_sftjob(multi_node, "test"), config) if o["kind"] == "Job")
     training_labels = job["spec"]["template"]["metadata"]["labels"]
     policies = {p["metadata"]["namespace"]: p for p in objects(objs, "NetworkPolicy") if p["metadata"]["namespace"] != NAMESPACE}
     assert sorted(policies) == ["team-a", "team-b"]
     for policy in policies.values():
         assert selects(policy["spec"]["podSelector"]["matchLabels"], training_labels)
-        [rule] = policy["spec"]["ingress"]
-        assert rule["ports"] == [{"port": config.progress_port, "protocol": "TCP"}]
-        [peer] = rule["from"]
+        operator_rule, peers_rule = policy["spec"]["ingress"]
+        assert operator_rule["ports"] == [{"port": config.progress_port, "protocol": "TCP"}]
+        [peer] = operator_rule["from"]
         assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
         assert selects(peer["podSelector"]["matchLabels"], operator_pod_labels)
+        # Peers: the same namespace only (no namespaceSelector), every port (NCCL/gloo pick theirs at run time).
+        assert "ports" not in peers_rule
+        [peer] = peers_rule["from"]
+        assert set(peer) == {"podSelector"} and selects(peer["podSelector"]["matchLabels"], training_labels)
+        assert not selects(peer["podSelector"]["matchLabels"], operator_pod_labels)
 
 
 # ---- NOTES.txt ---------------------------------------------------------------------------------------

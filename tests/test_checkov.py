@@ -22,7 +22,7 @@ from sftjob_operator.config import OperatorConfig
 from sftjob_operator.render import CHECKOV_SKIPS, render
 
 REPO = Path(__file__).resolve().parent.parent
-CLUSTER_EXAMPLES = ["kueue.yaml", "llama-8b-recipe.yaml", "lora.yaml", "multi-gpu.yaml"]
+CLUSTER_EXAMPLES = ["kueue.yaml", "llama-8b-recipe.yaml", "lora.yaml", "multi-gpu.yaml", "multi-node.yaml"]
 # Decisions, not oversights: what may be skipped, and where.
 CHART_SKIPS = {"CKV_K8S_43", "CKV_K8S_15", "CKV_K8S_38", "CKV2_K8S_6"}
 JOB_SKIPS = {"CKV_K8S_43", "CKV_K8S_15", "CKV2_K8S_6"}

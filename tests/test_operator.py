@@ -82,16 +82,18 @@ class Cluster:
     def wait_job(self, name: str, namespace: str) -> dict[str, Any]:
         return self.wait(f"Job {name}-sft", lambda: self.client.get("batch/v1", "jobs", namespace, f"{name}-sft"))
 
-    def start_pod(self, job: dict[str, Any], suffix: str = "x7k2p") -> str:
-        """Create the Job's pod as the Job controller does; return its name."""
+    def start_pod(self, job: dict[str, Any], suffix: str = "x7k2p", index: int | None = None) -> str:
+        """Create the Job's pod as the Job controller does (`index`: an Indexed Job's completion index); return its name."""
         meta = job["metadata"]
         template = job["spec"]["template"]
-        name = f"{meta['name']}-{suffix}"
+        name = f"{meta['name']}-{suffix}" if index is None else f"{meta['name']}-{index}-{suffix}"
         labels = {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": meta["name"],
                   "batch.kubernetes.io/controller-uid": meta["uid"]}
+        annotations = {} if index is None else {"batch.kubernetes.io/job-completion-index": str(index)}
         self.client.create({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "ownerReferences": [{
+            "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "annotations": annotations,
+                         "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
                 "controller": True, "blockOwnerDeletion": True}]},
             "spec": template["spec"],
@@ -165,6 +167,30 @@ def test_create_makes_an_owned_configmap_and_job_and_reports_pending(cluster: Cl
     assert "finalizers" not in obj["metadata"]  # nothing blocks deletion of a job that is not running
     events = cluster.wait("a JobCreated event", lambda: [e for e in cluster.events(ns, "llama") if e["reason"] == "JobCreated"])
     assert events[0]["message"] == "Created ConfigMap llama-run-config, Job llama-sft."
+
+
+def test_a_multi_node_job_gets_a_headless_service_and_reports_from_node_0(cluster: Cluster, ns: str) -> None:
+    sft = cluster.create("duo", ns, resources={"gpus": 1, "nodes": 2})
+    job = cluster.wait_job("duo", ns)
+    service = cluster.client.get("v1", "services", ns, "duo-sft")
+    assert service["metadata"]["ownerReferences"][0]["uid"] == sft["metadata"]["uid"]
+    assert (job["spec"]["completionMode"], job["spec"]["parallelism"]) == ("Indexed", 2)
+    events = cluster.wait("a JobCreated event", lambda: [e for e in cluster.events(ns, "duo") if e["reason"] == "JobCreated"])
+    assert events[0]["message"] == "Created ConfigMap duo-run-config, Service duo-sft, Job duo-sft."
+
+    leader, other = cluster.start_pod(job, "a1", index=0), cluster.start_pod(job, "b2", index=1)
+    waited = Outcome(ok=True, reason="Passed", message="node 1: node 0 ran the sanity check and started training (waited 1 s)")
+    cluster.kubelet(ns, other, pod_status("Running", init=terminated(0, "Completed", waited.to_termination_message()),
+                                          main=running()))
+    cluster.kubelet(ns, leader, pod_status("Pending", init=running(), main=waiting("PodInitializing")))
+    obj = cluster.wait_phase("duo", ns, "SanityChecking")  # node 1's wait is not node 0's check
+    assert "sanityCheck" not in obj["status"]
+
+    cluster.progress.payload = {"stage": "training", "step": 7, "totalSteps": 100}
+    cluster.kubelet(ns, leader, pod_status("Running", init=terminated(0, "Completed", SANITY_PASSED.to_termination_message()),
+                                           main=running()))
+    obj = cluster.wait_sftjob("duo", ns, "node 0's progress", lambda o: o["status"].get("progress", {}).get("step") == 7)
+    assert obj["status"]["phase"] == "Training" and obj["status"]["sanityCheck"]["passed"] is True
 
 
 def test_job_deleted_mid_run_fails_the_sftjob_instead_of_waiting_forever(cluster: Cluster, ns: str) -> None:

@@ -83,6 +83,7 @@ VARIANTS: dict[str, dict] = {
         "priorityClassName": "ml-high",
     }, serviceAccountName="sft-runner", image="registry.example/sft:2", ttlSecondsAfterFinished=60),
     "offline": {**manifest(), "metadata": {"name": "llama-sft"}},
+    "multi-node": manifest(resources={"gpus": 8, "nodes": 2}, training={"effectiveBatchSize": 64}),
 }
 # Local manifests (paths on this machine): the operator refuses them, tested below.
 LOCAL_EXAMPLES = {"quickstart.yaml", "wandb-offline.yaml"}
@@ -99,7 +100,7 @@ def rendered(name: str) -> list[dict]:
 
 
 def pod_spec(objs: list[dict]) -> dict:
-    return objs[1]["spec"]["template"]["spec"]
+    return next(o for o in objs if o["kind"] == "Job")["spec"]["template"]["spec"]
 
 
 def all_containers(objs: list[dict]) -> list[dict]:
@@ -419,11 +420,14 @@ def test_no_secret_volume_without_credentials():
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_no_env_var_comes_from_a_secret(variant):
-    """CKV_K8S_35: credentials are files; every environment variable is a plain value."""
+    """CKV_K8S_35: credentials are files; every environment variable is a plain value or the pod's own metadata."""
     for c in all_containers(rendered(variant)):
         assert "envFrom" not in c
         for e in c["env"]:
-            assert set(e) == {"name", "value"} and isinstance(e["value"], str)
+            if "valueFrom" in e:  # a multi-node pod's completion index, from the downward API
+                assert set(e) == {"name", "valueFrom"} and set(e["valueFrom"]) == {"fieldRef"}
+            else:
+                assert set(e) == {"name", "value"} and isinstance(e["value"], str)
 
 
 def test_environment():
@@ -527,3 +531,74 @@ def test_the_pod_gets_time_to_write_its_just_in_time_checkpoint():
     assert rendered("cpu")[1]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
     custom = manifest(resources={"terminationGracePeriodSeconds": 1800})
     assert render(job_of(custom), CONFIG)[1]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 1800
+
+
+# ---- multi-node: an Indexed Job, a headless Service, torchrun's c10d rendezvous on node 0 ----------------
+
+
+def test_a_multi_node_job_is_an_indexed_job_with_a_headless_service_before_it():
+    cm, service, job = rendered("multi-node")
+    assert [o["kind"] for o in (cm, service, job)] == ["ConfigMap", "Service", "Job"]  # the Service first: DNS names
+    assert service["metadata"]["name"] == job["metadata"]["name"] == "llama-sft-sft"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == UID  # garbage-collected with the SFTJob
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    pod = spec["template"]
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["ports"] == [{"name": "rendezvous", "port": 29400, "targetPort": 29400, "protocol": "TCP"}]
+
+
+def test_every_node_runs_torchrun_against_node_0_and_names_itself():
+    objs = rendered("multi-node")
+    train = container(objs, vocab.TRAIN_CONTAINER)
+    cmd = train["command"]
+    assert cmd[0] == "torchrun" and "--standalone" not in cmd
+    args = dict(a.split("=", 1) for a in cmd[1:cmd.index("-m")])
+    assert args == {
+        "--nnodes": "2", "--nproc-per-node": "8", "--rdzv-backend": "c10d",
+        "--rdzv-endpoint": "llama-sft-sft-0.llama-sft-sft:29400", "--rdzv-id": UID,
+        "--rdzv-conf": "join_timeout=900,read_timeout=300", "--local-addr": "$(SFTJOB_NODE_HOST)",
+    }
+    assert cmd[cmd.index("-m"):] == ["-m", "sftjob.cli", "run", "/etc/sftjob/run-config.json", "--output",
+                                     "/workspace/output", "--skip-sanity"]
+    assert {"name": "rendezvous", "containerPort": 29400, "protocol": "TCP"} in train["ports"]
+    for c in all_containers(objs):
+        names = [e["name"] for e in c["env"]]
+        env = env_of(c)
+        # The completion index from the pod's own annotation, defined before the variable that expands it.
+        assert env[vocab.ENV_NODE_INDEX]["valueFrom"]["fieldRef"]["fieldPath"] == \
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert names.index(vocab.ENV_NODE_INDEX) < names.index("SFTJOB_NODE_HOST")
+        assert env["SFTJOB_NODE_HOST"]["value"] == "llama-sft-sft-$(SFTJOB_NODE_INDEX).llama-sft-sft"
+        assert env[vocab.ENV_LEADER_ENDPOINT]["value"] == "llama-sft-sft-0.llama-sft-sft:29400"
+    # The sanity check is the same command on every node: the runtime runs it on node 0 and waits elsewhere.
+    assert container(objs, vocab.SANITY_CONTAINER)["command"][:2] == ["sftjob", "sanity"]
+
+
+def test_node_0_sorts_first_among_the_nodes_addresses():
+    """c10d ranks nodes by sorted address: node 0's name must sort first for any node count the spec allows."""
+    names = [f"x-sft-{i}.x-sft" for i in range(16)]
+    assert sorted(names)[0] == names[0]
+
+
+def test_a_single_node_job_has_no_service_and_no_rendezvous():
+    objs = rendered("placement")  # 4 GPUs on one node
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Job"]
+    assert "completionMode" not in objs[1]["spec"] and "subdomain" not in pod_spec(objs)
+    train = container(objs, vocab.TRAIN_CONTAINER)
+    assert train["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=4"]
+    assert vocab.ENV_NODE_INDEX not in env_of(train)
+
+
+def test_a_multi_node_job_needs_a_name_a_service_can_have():
+    obj = manifest(resources={"nodes": 2})
+    obj["metadata"]["name"] = "8b-run"
+    with pytest.raises(RenderError, match=r"metadata.name: a multi-node job .* must start with a letter; got '8b-run'"):
+        render(job_of(obj), CONFIG)
+    obj["resources"] = None
+    single = manifest()
+    single["metadata"]["name"] = "8b-run"
+    assert len(render(job_of(single), CONFIG)) == 2  # a single-node job has no Service: any DNS label will do

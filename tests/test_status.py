@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sftjob.report import BestCheckpoint, Outcome, Progress, SanityResult
 
+from sftjob_operator.explain import leader_pods
 from sftjob_operator.progress import format_eta, progress_status, progress_url, running_pod_ip
 from sftjob_operator.status import (
     apply_merge_patch,
@@ -706,3 +707,66 @@ def test_progress_url_and_running_pod():
     gone = make_pod(name="c", phase="Failed", created="2026-11-25T12:00:00Z", pod_ip="10.0.0.3")
     assert running_pod_ip([old, new, gone]) == "10.0.0.2"
     assert running_pod_ip([gone]) is None
+
+
+# -- a multi-node job: node 0 reports, every node can hold it up --------------------------------
+
+
+def node_pod(index: int, **kwargs) -> dict[str, Any]:
+    """A pod of an Indexed Job, with the completion index the Job controller annotates it with.
+
+    Node 1's pod is created a moment later, so it is the newest: status must not read it for what node 0 reports.
+    """
+    pod = make_pod(name=f"llama-sft-v1-sft-{index}-ab{index}cd", created=f"2026-11-25T11:59:0{1 + index}Z", **kwargs)
+    pod["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
+    return pod
+
+
+def test_a_waiting_node_does_not_pass_node_0s_sanity_check():
+    waited = Outcome(ok=True, reason="Passed", message="node 1: node 0 ran the sanity check and started training (waited 3 s)")
+    pods = [node_pod(0, phase="Pending", init=running(), main=waiting("PodInitializing")),
+            node_pod(1, phase="Running", init=terminated(0, "Completed", waited.to_termination_message()), main=running())]
+    _, status = step(PENDING_STATUS, make_job(active=2), pods)
+    assert status["phase"] == "SanityChecking"
+    c = cond(status, "SanityChecked")
+    assert (c["status"], c["reason"]) == ("Unknown", "Running")
+    assert "sanityCheck" not in status
+
+
+def test_a_multi_node_job_succeeds_with_node_0s_report():
+    outcome = Outcome(ok=True, message="Training finished.",
+                      bestCheckpoint=BestCheckpoint(uri="s3://models/llama-sft-v1/best", step=800, evalLoss=0.912))
+    pods = [node_pod(0, phase="Succeeded", init=terminated(0, "Completed", SANITY_PASSED.to_termination_message()),
+                     main=terminated(0, "Completed", outcome.to_termination_message())),
+            node_pod(1, phase="Succeeded", init=terminated(0, "Completed"), main=terminated(0, "Completed"))]
+    job = make_job(conditions=[job_condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods")],
+                   active=0)
+    _, status = step({**PENDING_STATUS, "phase": "Training"}, job, pods)
+    assert status["phase"] == "Succeeded"
+    assert status["bestCheckpoint"] == {"uri": "s3://models/llama-sft-v1/best", "step": 800, "evalLoss": 0.912}
+    assert status["sanityCheck"]["initialLoss"] == 2.31  # node 0's check, not node 1's wait
+
+
+def test_an_unschedulable_node_holds_up_a_multi_node_job():
+    unschedulable = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                      "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+                      "lastTransitionTime": "2026-11-25T11:59:01Z"}]
+    pods = [node_pod(0, phase="Running", init=running()),
+            node_pod(1, phase="Pending", pod_ip=None, conditions=unschedulable)]
+    _, status = step(PENDING_STATUS, make_job(active=2), pods)
+    assert status["phase"] == "Pending"
+    c = cond(status, "SanityChecked")
+    assert (c["status"], c["reason"]) == ("False", "Unschedulable")
+
+
+def test_progress_is_read_from_node_0():
+    pods = [node_pod(0, phase="Running", init=terminated(0, "Completed"), main=running(), pod_ip="10.244.1.17"),
+            node_pod(1, phase="Running", init=terminated(0, "Completed"), main=running(), pod_ip="10.244.2.9")]
+    assert running_pod_ip(pods) == "10.244.1.17"
+
+
+def test_the_operators_slim_pod_keeps_the_node_index():
+    from sftjob_operator.index import slim_pod
+
+    assert leader_pods([slim_pod(node_pod(1)), slim_pod(node_pod(0))])[0]["metadata"]["name"].startswith("llama-sft-v1-sft-0-")
+    assert "annotations" not in slim_pod(make_pod())["metadata"]  # a single-node pod carries no index

@@ -73,6 +73,9 @@ def test_valid_manifest_parses_and_projects_to_run_config():
         ({"output__uri": "ftp://host/x"}, "spec.output.uri: must start with s3:// or pvc://"),
         ({"model__source": "https://host/m"}, "spec.model.source: must be a Hugging Face hub id"),
         ({"resources__tolerations": [{"effect": "Sometimes"}]}, "spec.resources.tolerations[0].effect: Input should be"),
+        ({"resources__nodes": 17}, "spec.resources.nodes: Input should be less than or equal to 16"),
+        ({"resources__nodes": 2, "resources__workVolumeClaim": "scratch"},
+         "spec.resources.workVolumeClaim: a multi-node job gives each node's pod a scratch volume of its own"),
     ],
 )
 def test_each_bad_field_is_named(changes, expected):

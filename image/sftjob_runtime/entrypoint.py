@@ -154,6 +154,11 @@ def preview(file: str, n: int = 3, as_json: bool = False) -> int:
     return show(file, n=n, as_json=as_json)
 
 
+# How long another node waits for node 0's check (model download included); the Job's
+# activeDeadlineSeconds, and node 0's own failure, end the wait sooner.
+LEADER_WAIT_SECONDS = 24 * 3600
+
+
 @_guarded
 def sanity(file: str, as_json: bool = False, output_dir: str | None = None) -> int:
     """Run the sanity check alone; exit 0 when it passes, SANITY_FAILED when it does not.
@@ -161,6 +166,16 @@ def sanity(file: str, as_json: bool = False, output_dir: str | None = None) -> i
     With `output_dir` (the training pod's work volume) its findings stay there
     for the train container's report, and a failure writes the run report.
     """
+    from sftjob_runtime import nodes
+
+    if nodes.node_index() != 0 and nodes.leader_endpoint() is not None:
+        # A multi-node job checks once, on node 0; this node waits for node 0 to start training.
+        endpoint = nodes.leader_endpoint()
+        waited = nodes.wait_for_leader(endpoint, LEADER_WAIT_SECONDS)
+        message = f"node {nodes.node_index()}: node 0 ran the sanity check and started training (waited {waited:.0f} s)"
+        print(message)
+        write_outcome(Outcome(ok=True, reason="Passed", message=message))
+        return 0
     _quiet_libraries()
     from sftjob_runtime.sanity import failure as sanity_failure, run_sanity
     from sftjob_runtime.prepare import prepare_run

@@ -56,6 +56,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def is_node_main() -> bool:
+    """The first process on this node (torchrun's LOCAL_RANK 0): it prepares what the node's processes share."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def detect_hardware() -> Hardware:
     """Inspect torch/CUDA and /proc/cpuinfo."""
     import torch

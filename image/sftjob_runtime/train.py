@@ -101,7 +101,8 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
     if mirror_uri(cfg):
         if main:
             callbacks.append(mirror)
-            # A new pod on an empty volume picks up where the last one stopped.
+        if hw_mod.is_node_main():
+            # A new pod on an empty volume picks up where the last one stopped (on every node: each has its volume).
             if not any(paths.checkpoints.glob("checkpoint-*")):
                 restore_checkpoints(cfg, paths.checkpoints)
         _wait_for_everyone()  # every rank must see the restored checkpoints before it looks for them

@@ -112,6 +112,9 @@ def build_sft_config(cfg: RunConfig, r: Resolved, paths: RunPaths, *, has_eval: 
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,  # pinning without a GPU only warns
         remove_unused_columns=True,
+        # Each node of a multi-node job has a work volume of its own, and every node needs the
+        # checkpoint to resume from: each node's first process saves a copy.
+        save_on_each_node=cfg.nodes > 1,
         disable_tqdm=False,
         dataset_num_proc=None,
     )

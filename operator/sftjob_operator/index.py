@@ -13,6 +13,8 @@ from typing import Any
 
 from sftjob.vocabulary import memory_hint
 
+from sftjob_operator.explain import COMPLETION_INDEX
+
 Key = tuple[str, str]  # (namespace, SFTJob name)
 
 
@@ -59,8 +61,12 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a Pod that status computation reads."""
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
+    slim_meta = {k: meta.get(k) for k in ("name", "uid", "creationTimestamp", "deletionTimestamp", "ownerReferences")}
+    index = (meta.get("annotations") or {}).get(COMPLETION_INDEX)
+    if index is not None:  # a multi-node job's pod: which node it is
+        slim_meta["annotations"] = {COMPLETION_INDEX: index}
     return {
-        "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp", "deletionTimestamp", "ownerReferences")},
+        "metadata": slim_meta,
         "spec": {"initContainers": _names(spec.get("initContainers")), "containers": _names(spec.get("containers"))},
         "status": body.get("status") or {},
     }

@@ -46,12 +46,18 @@ CHECKOV_SKIPS = {
 
 
 def job_spec(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool], labels: Mapping[str, str],
-             run_config_name: str) -> dict[str, Any]:
-    """The Job's `spec`: its pods carry `labels` and mount the ConfigMap `run_config_name`."""
+             run_config_name: str, job_name: str) -> dict[str, Any]:
+    """The Job's `spec`: its pods carry `labels` and mount the ConfigMap `run_config_name`.
+
+    With `resources.nodes` > 1 it is an Indexed Job, one pod per node, whose
+    pods find each other through the headless Service named like the Job
+    (`job_name`): see `_torchrun` for how they meet.
+    """
     s = job.spec
+    nodes = s.resources.nodes
     containers = [vocab.SANITY_CONTAINER] if s.sanityCheck.enabled else []
     containers.append(vocab.TRAIN_CONTAINER)
-    return {
+    spec: dict[str, Any] = {
         "backoffLimit": s.backoffLimit,
         "activeDeadlineSeconds": s.activeDeadlineSeconds,
         "ttlSecondsAfterFinished": (
@@ -59,11 +65,17 @@ def job_spec(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool], labe
         ),
         # Kueue admits a queued Job by unsuspending it, so it must start suspended.
         "suspend": bool(s.suspend or s.queueName),
-        "completions": 1,
-        "parallelism": 1,
+        # Every node's pod at once (Kueue admits them together, as one workload); the Job
+        # succeeds when every index has, i.e. when torchrun ended well on every node.
+        "completions": nodes,
+        "parallelism": nodes,
         "podFailurePolicy": _pod_failure_policy(containers),
-        "template": _pod_template(job, config, pvcs, labels, run_config_name),
+        "template": _pod_template(job, config, pvcs, labels, run_config_name, job_name),
     }
+    if nodes > 1:
+        # Stable pod host names <job>-<index>, and the index in each pod.
+        spec["completionMode"] = "Indexed"
+    return spec
 
 
 def _pod_failure_policy(containers: list[str]) -> dict[str, Any]:
@@ -80,7 +92,7 @@ def _pod_failure_policy(containers: list[str]) -> dict[str, Any]:
 
 
 def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool], labels: Mapping[str, str],
-                  run_config_name: str) -> dict[str, Any]:
+                  run_config_name: str, job_name: str) -> dict[str, Any]:
     s = job.spec
     r = s.resources
     files = _secret_files(job)
@@ -100,6 +112,9 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool],
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    multi_node = r.nodes > 1
+    if multi_node:
+        pod["subdomain"] = job_name  # the headless Service: <job>-<index>.<job> resolves to each pod
     if s.serviceAccountName:
         pod["serviceAccountName"] = s.serviceAccountName
     if r.priorityClassName:
@@ -116,16 +131,23 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool],
         only_first = [{"name": "CUDA_VISIBLE_DEVICES", "value": "0"}] if r.gpus > 1 else []
         # --output: the findings stay on the shared work volume for the train container's run report.
         sanity_args = ["sftjob", "sanity", vocab.RUN_CONFIG_PATH, "--output", OUTPUT_DIR]
-        pod["initContainers"] = [_container(vocab.SANITY_CONTAINER, image, job, config, files, pvcs, sanity_args, only_first)]
+        # On a multi-node job only node 0 runs it; the others wait for node 0 to start training.
+        pod["initContainers"] = [_container(vocab.SANITY_CONTAINER, image, job, config, files, pvcs, sanity_args,
+                                            only_first + (_nodes_env(job_name) if multi_node else []))]
     train_args = ["sftjob", "run", vocab.RUN_CONFIG_PATH, "--output", OUTPUT_DIR]
-    if r.gpus > 1:
+    if multi_node:
+        train_args = [*_torchrun(job, job_name), "-m", "sftjob.cli", *train_args[1:]]
+    elif r.gpus > 1:
         # One data-parallel process per GPU (DDP); rank 0 reports and exports.
         train_args = ["torchrun", "--standalone", f"--nproc-per-node={r.gpus}", "-m", "sftjob.cli", *train_args[1:]]
     if s.sanityCheck.enabled:
         # The init container has run (and passed) the check; the main container must not repeat it.
         train_args.append("--skip-sanity")
-    train = _container(vocab.TRAIN_CONTAINER, image, job, config, files, pvcs, train_args, [])
+    train = _container(vocab.TRAIN_CONTAINER, image, job, config, files, pvcs, train_args,
+                       _nodes_env(job_name) if multi_node else [])
     train["ports"] = [{"name": "progress", "containerPort": config.progress_port, "protocol": "TCP"}]
+    if multi_node:
+        train["ports"].append({"name": "rendezvous", "containerPort": vocab.RENDEZVOUS_PORT, "protocol": "TCP"})
     pod["containers"] = [train]
     pod["volumes"] = _volumes(job, pvcs, files, run_config_name)
     return {
@@ -136,6 +158,41 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool],
         },
         "spec": pod,
     }
+
+
+def _nodes_env(job_name: str) -> list[dict[str, Any]]:
+    """Which node a pod is (the Job controller's completion index) and where node 0 listens."""
+    return [
+        {"name": vocab.ENV_NODE_INDEX, "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        # This pod's own DNS name under the headless Service (earlier variables expand in later ones).
+        {"name": "SFTJOB_NODE_HOST", "value": f"{job_name}-$({vocab.ENV_NODE_INDEX}).{job_name}"},
+        {"name": vocab.ENV_LEADER_ENDPOINT, "value": f"{job_name}-0.{job_name}:{vocab.RENDEZVOUS_PORT}"},
+    ]
+
+
+def _torchrun(job: SFTJob, job_name: str) -> list[str]:
+    """torchrun on every node, meeting at node 0 through the c10d rendezvous.
+
+    c10d gives node ranks in the sorted order of the nodes' addresses, and
+    each node gives its own DNS name (`--local-addr`), so `<job>-0` sorts
+    first and node 0's first process is global rank 0, the one that reports,
+    exports and serves progress. (`--node-rank` would be ignored: torchrun
+    uses it with the static rendezvous only.) The other nodes' pods wait in
+    their init container until node 0 listens, so the join timeout covers
+    only the pods' start-up skew after that.
+    """
+    r = job.spec.resources
+    return [
+        "torchrun",
+        f"--nnodes={r.nodes}",
+        f"--nproc-per-node={max(r.gpus, 1)}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={job_name}-0.{job_name}:{vocab.RENDEZVOUS_PORT}",
+        f"--rdzv-id={job.uid or job.name}",
+        "--rdzv-conf=join_timeout=900,read_timeout=300",
+        "--local-addr=$(SFTJOB_NODE_HOST)",
+    ]
 
 
 def grace_seconds(job: SFTJob) -> int:

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # Plurals of the kinds this operator creates or patches (no discovery round-trip needed).
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
     ("v1", "Event"): "events",
     ("v1", "Pod"): "pods",
     ("batch/v1", "Job"): "jobs",

@@ -37,6 +37,8 @@ from pydantic import ValidationError
 from sftjob.report import Progress
 from sftjob.vocabulary import PROGRESS_PATH, Phase
 
+from sftjob_operator.explain import leader_pods
+
 logger = logging.getLogger(__name__)
 
 # Which progress stages belong to which SFTJob phases (a stale snapshot from
@@ -124,8 +126,8 @@ def _serving(pod: Mapping[str, Any]) -> bool:
 
 
 def running_pod_ip(pods: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...]) -> str | None:
-    """The IP of the newest pod whose runtime serves progress (training or the sanity check)."""
-    live = [p for p in pods if _serving(p)]
+    """The IP of the newest pod whose runtime serves progress (training or the sanity check): node 0's."""
+    live = [p for p in leader_pods(pods) if _serving(p)]
     if not live:
         return None
     newest = max(live, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", (p.get("metadata") or {}).get("name") or ""))

@@ -7,7 +7,9 @@ values, fresh on every call (no sub-object shared, so callers may edit them).
 
 What it renders, for an SFTJob named N:
 - ConfigMap `N-run-config` holding the versioned run config (no secrets);
-- Job `N-sft`, whose spec (the training pod) is built by `jobspec.job_spec`.
+- Job `N-sft`, whose spec (the training pod) is built by `jobspec.job_spec`;
+- with `resources.nodes` > 1, a headless Service `N-sft` before the Job, which
+  gives each node's pod the DNS name `N-sft-<index>.N-sft`.
 """
 
 from __future__ import annotations
@@ -45,18 +47,19 @@ def job_name(name: str) -> str:
 
 
 def render(job: SFTJob, config: OperatorConfig) -> list[dict]:
-    """The objects the operator creates for `job`: [ConfigMap, Job], as plain dicts.
+    """The objects the operator creates for `job`, in creation order: [ConfigMap, (Service,) Job], as plain dicts.
 
     Deterministic: the same SFTJob and config always give the same objects.
     Owner references are set only when the SFTJob's uid is known (objects
     read from the API server); offline renders omit them.
     """
-    _check_name(job.name)
+    _check_name(job.name, job.spec.resources.nodes)
     local = local_only_errors(job)
     if local:
         raise RenderError(*local)
     run_config_json = _run_config(job).to_json()
-    spec = job_spec(job, config, pvc_claims(job), _labels(job.name, COMPONENT_TRAINING), configmap_name(job.name))
+    training_labels = _labels(job.name, COMPONENT_TRAINING)
+    spec = job_spec(job, config, pvc_claims(job), training_labels, configmap_name(job.name), job_name(job.name))
     digest = spec_hash(run_config_json, spec)
     configmap = {
         "apiVersion": "v1",
@@ -73,7 +76,23 @@ def render(job: SFTJob, config: OperatorConfig) -> list[dict]:
     batch_job["metadata"]["annotations"].update(CHECKOV_SKIPS)
     if job.spec.queueName:
         batch_job["metadata"]["labels"][vocab.KUEUE_QUEUE_LABEL] = job.spec.queueName
-    return [configmap, batch_job]
+    if job.spec.resources.nodes == 1:
+        return [configmap, batch_job]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, job_name(job.name), COMPONENT_TRAINING, digest),
+        "spec": {
+            "clusterIP": "None",
+            # Node 0 must be reachable by name as soon as it has an IP: the pods have no readiness probe
+            # to wait for, and the other nodes look it up while it still runs its sanity check.
+            "publishNotReadyAddresses": True,
+            "selector": {k: training_labels[k] for k in (vocab.LABEL_JOB_NAME, vocab.LABEL_COMPONENT)},
+            "ports": [{"name": "rendezvous", "port": vocab.RENDEZVOUS_PORT, "targetPort": vocab.RENDEZVOUS_PORT,
+                       "protocol": "TCP"}],
+        },
+    }
+    return [configmap, service, batch_job]
 
 
 def spec_hash(run_config_json: str, job_spec: dict) -> str:
@@ -89,12 +108,17 @@ def spec_hash(run_config_json: str, job_spec: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, nodes: int) -> None:
     longest = max(configmap_name(name), job_name(name), key=len)
     if not _DNS_LABEL.match(name) or len(longest) > MAX_OBJECT_NAME:
         raise RenderError(
             f"metadata.name: must be a DNS label short enough that {longest!r} fits in "
             f"{MAX_OBJECT_NAME} characters (at most {MAX_OBJECT_NAME - len(CONFIGMAP_SUFFIX)}), got {name!r}"
+        )
+    if nodes > 1 and not name[:1].isalpha():
+        raise RenderError(
+            f"metadata.name: a multi-node job (spec.resources.nodes: {nodes}) names its headless Service after it, "
+            f"and a Service name must start with a letter; got {name!r}"
         )
 
 

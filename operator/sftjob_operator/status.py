@@ -38,6 +38,7 @@ from sftjob_operator.explain import (
     explain_job_failure,
     explain_pod_failure,
     has_sanity_container,
+    leader_pods,
     outcome_of,
     permanent_failure,
     pod_finished,
@@ -125,8 +126,12 @@ def _sanity_report(desired: dict[str, Any], pods: Sequence[Mapping[str, Any]], n
 
 
 def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], progress: Progress | None,
-             now: str, hint: str) -> None:
-    """Phase and conditions of a Job that is neither finished nor suspended."""
+             now: str, hint: str, others: Sequence[Mapping[str, Any]] = ()) -> None:
+    """Phase and conditions of a Job that is neither finished nor suspended.
+
+    `pods` are the reporting pods (node 0's); `others` every pod of the Job,
+    whose scheduling problems hold up training as much as node 0's own.
+    """
     conds = desired["conditions"]
     job_name = (job.get("metadata") or {}).get("name", "?")
     ordered = sorted(pods, key=pod_order, reverse=True)
@@ -166,6 +171,11 @@ def _running(desired: dict[str, Any], job: Mapping[str, Any], pods: Sequence[Map
         return
 
     problem = unschedulable(live) or stuck_waiting(live)
+    for other in others:
+        if problem is not None:
+            break
+        if other is not live and not pod_finished(other) and not (other.get("metadata") or {}).get("deletionTimestamp"):
+            problem = unschedulable(other) or stuck_waiting(other)
     disrupted = disruption(live)
     init = container_status(live, SANITY_CONTAINER)
     main = container_status(live, TRAIN_CONTAINER)
@@ -243,12 +253,14 @@ def compute_status(
     if job is None:
         return {}
 
-    _sanity_report(desired, pods, stamp)
+    # Node 0 reports (the only node of a single-node job); every node's pods count for failures.
+    reporting = leader_pods(pods)
+    _sanity_report(desired, reporting, stamp)
     job_spec = job.get("spec") or {}
     labels = (job.get("metadata") or {}).get("labels") or {}
 
     if true_condition(job, "Complete") or true_condition(job, "SuccessCriteriaMet"):
-        _succeeded(desired, pods, stamp)
+        _succeeded(desired, reporting, stamp)
     elif true_condition(job, "Failed") or true_condition(job, "FailureTarget"):
         verdict = explain_job_failure(job, pods, hint)
         if verdict.reason == Reason.INTERNAL_ERROR.value and _pod_evidence_pending(job, pods):
@@ -277,7 +289,7 @@ def compute_status(
             desired["conditions"] = set_condition(
                 desired["conditions"], ConditionType.SUSPENDED.value, "False", Reason.RUNNING.value, "Resumed.", stamp
             )
-        _running(desired, job, pods, progress, stamp, hint)
+        _running(desired, job, reporting, progress, stamp, hint, others=pods)
 
     phase = desired.get("phase")
     job_status = job.get("status") or {}

@@ -94,7 +94,45 @@ def test_a_name_too_long_for_the_children_is_refused(kubectl, helm_release, ns):
     assert done.returncode != 0 and "metadata.name must be a DNS label of at most 52 characters" in done.stderr
 
 
+def test_a_multi_node_job_may_not_share_one_work_volume_claim(kubectl, helm_release, ns):
+    manifest = sftjob("duo", ns, resources={"gpus": 1, "nodes": 2, "workVolumeClaim": "scratch"})
+    done = kubectl.create(manifest, check=False)
+    assert done.returncode != 0 and "a multi-node job gives each node's pod a scratch volume of its own" in done.stderr
+
+
 # -- the lifecycle, with the operator as the chart's ServiceAccount ------------------------------------
+
+
+def test_a_two_node_job_is_one_indexed_job_a_headless_service_and_two_rendezvousing_pods(kubectl, operator, ns):
+    """The chart's RBAC lets the operator create the Service; the real Job controller makes one pod per index."""
+    log = operator.log_tail
+    kubectl.create(sftjob("duo", ns, resources={"gpus": 1, "nodes": 2}))
+    job = wait("the Indexed Job", lambda: kubectl.get("job", "duo-sft", ns), TIMEOUT, log)
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 2, 2)
+    service = kubectl.get("service", "duo-sft", ns)
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["metadata"]["ownerReferences"][0]["name"] == "duo"
+    pods = wait("two pods", lambda: (p := kubectl.list("pods", ns, "batch.kubernetes.io/job-name=duo-sft")) and len(p) == 2 and p,
+                TIMEOUT, log)
+    by_index = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p for p in pods}
+    assert sorted(by_index) == ["0", "1"]
+    for index, pod in by_index.items():
+        spec = pod["spec"]
+        # The Job controller names each pod's host after its index, under the Service's subdomain.
+        assert (spec["hostname"], spec["subdomain"]) == (f"duo-sft-{index}", "duo-sft")
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+        [train] = spec["containers"]
+        assert "--rdzv-backend=c10d" in train["command"] and "--nnodes=2" in train["command"]
+        assert "--rdzv-endpoint=duo-sft-0.duo-sft:29400" in train["command"]
+        assert "--local-addr=$(SFTJOB_NODE_HOST)" in train["command"]
+        env = {e["name"]: e for e in train["env"]}
+        assert "JOB_COMPLETION_INDEX" in env  # added by the Job controller: it knows the pods are indexed
+        assert pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == index  # what ours reads
+        assert env["SFTJOB_NODE_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert env["SFTJOB_NODE_HOST"]["value"] == "duo-sft-$(SFTJOB_NODE_INDEX).duo-sft"
+    wait("Pending", lambda: status_of(kubectl, "duo", ns).get("phase") == "Pending", TIMEOUT, log)
+
 
 
 def test_lifecycle_pending_sanity_training_succeeded(kubectl, operator, progress, ns):

@@ -96,6 +96,8 @@ Each verb is one the operator uses (tests/test_chart.py asserts the exact set):
   patched to suspend/resume.
 - pods: listed and watched (kopf index) for phases, exit codes and pod IPs.
 - configmaps: the run config is created, and read back after a 409.
+- services: a multi-node job's headless Service (pod DNS names for the
+  rendezvous) is created, and read back after a 409.
 - events: kopf posts Events on SFTJobs (core v1 only).
 No delete anywhere: children carry ownerReferences and the garbage collector
 removes them. No secrets: training pods reference them, the operator never reads them.
@@ -115,6 +117,9 @@ removes them. No secrets: training pods reference them, the operator never reads
   verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["configmaps"]
+  verbs: ["create", "get"]
+- apiGroups: [""]
+  resources: ["services"]
   verbs: ["create", "get"]
 - apiGroups: [""]
   resources: ["events"]
