@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
-from sftjob.report import BestCheckpoint, Progress, SanityResult
+from sftjob.report import BestCheckpoint, PlanSummary, Progress, SanityResult
 from sftjob.spec import API_GROUP, API_VERSION, CROSS_FIELD_RULES, DNS_LABEL_PATTERN, KIND, PLURAL, SFTJobSpec
 from sftjob.vocabulary import ConditionType, Phase
 
@@ -237,6 +237,7 @@ _STATUS_FIELD_DOCS = {
         "suggestedMaxSeqLength": "A maxSeqLength that keeps 95% of the rows whole (when truncation was the problem).",
         "sample": "A generation from the sanity-trained model, to judge that output is not garbled.",
     },
+    "plan": {},  # described in sftjob.report.PlanSummary
     "bestCheckpoint": {
         "uri": "Where the exported checkpoint is.",
         "step": "Step of the exported checkpoint.",
@@ -316,6 +317,9 @@ def status_schema() -> dict:
                                "description": "Estimated time until training ends, for people (e.g. 3h 07m)."}},
             ),
             "sanityCheck": _wire_schema(SanityResult, "sanityCheck", "Findings of the sanity check that gates training."),
+            "plan": _wire_schema(PlanSummary, "plan", (
+                "The pre-flight memory plan (`sftjob plan`) the runtime made with the job's model and data before "
+                "its first step; the whole plan is in the run report.")),
             "bestCheckpoint": _wire_schema(BestCheckpoint, "bestCheckpoint", "The exported checkpoint."),
             "resolved": {
                 "type": "object",

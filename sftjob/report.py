@@ -65,6 +65,24 @@ class BestCheckpoint(_Wire):
     evalLoss: float | None = None
 
 
+class PlanSummary(_Wire):
+    """The pre-flight memory plan the runtime made with the job's model and data (status.plan).
+
+    The whole plan (every strategy, the data, the assumptions) is in the run
+    report and `sftjob plan --json`; this is what a person reads in status.
+    """
+
+    strategy: str | None = Field(default=None, description=(
+        "Strategy the plan picks (ddp, fsdp, fsdp_offload); absent when none fits. The runtime trains DDP today."))
+    fits: bool = Field(description="Whether the plan's pick fits the device memory.")
+    devices: int | None = Field(default=None, description="Data-parallel processes: GPUs x nodes (the CPU counts as one).")
+    memory: str | None = Field(default=None, description="Device memory the plan was made for (e.g. 80 GB), and from where.")
+    usableBytes: int | None = Field(default=None, description=(
+        "Bytes of that memory usable for tensors (less the CUDA context and allocator fragmentation)."))
+    ddpPeakBytes: int | None = Field(default=None, description="Estimated peak bytes per device under DDP.")
+    message: str | None = Field(default=None, description="Whether it fits and, if not, the changes that would make it fit.")
+
+
 class Outcome(_Wire):
     """The termination message of a runtime container."""
 
@@ -76,6 +94,7 @@ class Outcome(_Wire):
     evalLossBefore: float | None = None
     evalLossAfter: float | None = None
     resolved: dict | None = None
+    plan: PlanSummary | None = None
 
     def to_termination_message(self) -> str:
         """Compact JSON that fits Kubernetes' 4096-byte limit (long texts are cut first)."""
@@ -87,6 +106,9 @@ class Outcome(_Wire):
             if data.get(key):
                 data[key] = data[key][:500] + "..."
                 text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and (data.get("plan") or {}).get("message"):
+            data["plan"]["message"] = data["plan"]["message"][:400] + "..."
+            text = json.dumps(data, separators=(",", ":"))
         if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and data.get("sanity", {}).get("sample"):
             data["sanity"]["sample"] = data["sanity"]["sample"][:300] + "..."
             text = json.dumps(data, separators=(",", ":"))

@@ -53,6 +53,11 @@ def test_loss_that_does_not_fall_fails_the_gate_with_its_reason(tiny_model_dir, 
     assert "raise spec.training.learningRate" in r.stderr and "Traceback" not in r.stderr
     outcome = Outcome.from_termination_message(term.read_text())
     assert not outcome.ok and outcome.reason == "SanityLossNotDecreasing" and outcome.sanity.finalLoss is not None
+    # status.plan: the pre-flight plan the check made with this model and data (a CPU job: the pod's memory).
+    plan = outcome.plan
+    assert (plan.strategy, plan.fits, plan.devices) == ("ddp", True, 1)
+    assert plan.memory == "64 GiB of memory (spec.resources.memory)" and plan.usableBytes == 64 * 2**30
+    assert 0 < plan.ddpPeakBytes < 2**30 and plan.message.startswith("fits the CPU's 64 GiB of memory under DDP")
 
 
 def test_demo_model_passes_the_gate(demo_model_dir, tmp_path):

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import pytest
-from sftjob.report import BestCheckpoint, Outcome, Progress, SanityResult
+from sftjob.report import BestCheckpoint, Outcome, PlanSummary, Progress, SanityResult
 
 from sftjob_operator.explain import leader_pods
 from sftjob_operator.progress import format_eta, progress_status, progress_url, running_pod_ip
@@ -720,6 +720,23 @@ def node_pod(index: int, **kwargs) -> dict[str, Any]:
     pod = make_pod(name=f"llama-sft-v1-sft-{index}-ab{index}cd", created=f"2026-11-25T11:59:0{1 + index}Z", **kwargs)
     pod["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
     return pod
+
+
+def test_the_runtimes_plan_is_shown_in_status_from_the_sanity_check_on():
+    plan = PlanSummary(strategy=None, fits=False, devices=1, memory="80 GB (nodeSelector nvidia.com/gpu.product)",
+                       usableBytes=76 * 2**30, ddpPeakBytes=664 * 2**30,
+                       message="does not fit one 80 GB GPU under DDP (needs ~664 GiB): train LoRA adapters (spec.training.lora)")
+    checked = Outcome(ok=True, reason="Passed", sanity=SANITY_PASSED.sanity, plan=plan)
+    pod = make_pod(phase="Running", init=terminated(0, "Completed", checked.to_termination_message()), main=running())
+    _, status = step(PENDING_STATUS, make_job(), [pod])
+    assert status["plan"] == {"fits": False, "devices": 1, "memory": "80 GB (nodeSelector nvidia.com/gpu.product)",
+                              "usableBytes": 76 * 2**30, "ddpPeakBytes": 664 * 2**30, "message": plan.message}
+    failed = make_job(conditions=[job_condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")],
+                      active=0)
+    oom = make_pod(phase="Failed", init=terminated(0, "Completed", checked.to_termination_message()),
+                   main=terminated(137, "OOMKilled"))
+    _, after = step(status, failed, [oom])
+    assert after["phase"] == "Failed" and after["plan"] == status["plan"]  # kept beside the failure it foretold
 
 
 def test_a_waiting_node_does_not_pass_node_0s_sanity_check():

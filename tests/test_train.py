@@ -126,6 +126,7 @@ def test_termination_message_carries_the_outcome(trained):
     assert outcome.ok and outcome.bestCheckpoint.step == report["best_step"]
     assert outcome.bestCheckpoint.uri == f"file://{tmp / 'export'}"
     assert outcome.resolved["effectiveBatchSize"] == 4
+    assert outcome.plan.fits and outcome.plan.strategy == "ddp"  # no sanity check ran: the run's own plan
 
 
 def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):

@@ -25,6 +25,7 @@ from sftjob.vocabulary import ENV_TERMINATION_LOG, TERMINATION_LOG, ExitCode, Re
 from sftjob_runtime import console
 from sftjob_runtime.errors import RuntimeFailure, Terminated
 from sftjob_runtime.events import emit
+from sftjob_runtime.plan_job import summary as plan_summary
 from sftjob_runtime.progress_server import ProgressState, serve_from_env
 from sftjob_runtime.run_report import REPORT_HTML, REPORT_JSON, RunRecord, publish_failure_report, write_report
 
@@ -206,12 +207,12 @@ def sanity(file: str, as_json: bool = False, output_dir: str | None = None) -> i
         result = e.sanity or SanityResult(passed=False, reason=str(getattr(e.reason, "value", e.reason)), message=str(e))
         (console.sanity_json if as_json else console.print_sanity)(result)
         message = f"sanity check failed: {result.message}" if e.sanity is not None else str(e)
-        return _fail(result.reason, message, e.exit_code, sanity=result)
+        return _fail(result.reason, message, e.exit_code, sanity=result, plan=plan_summary(record.plan))
     finally:
         if server:
             server.stop()
     (console.sanity_json if as_json else console.print_sanity)(result)
-    write_outcome(Outcome(ok=True, reason="Passed", message=result.message, sanity=result))
+    write_outcome(Outcome(ok=True, reason="Passed", message=result.message, sanity=result, plan=plan_summary(record.plan)))
     return 0
 
 
@@ -317,6 +318,7 @@ def run(file: str, output_dir: str | None = None, report_json: str | None = None
         bestCheckpoint=BestCheckpoint(uri=dest, step=res.best_step, evalLoss=res.best_eval_loss),
         evalLossBefore=res.eval_loss_before, evalLossAfter=res.eval_loss_after,
         resolved={k: v for k, v in res.resolved.items() if k != "origin"},
+        plan=plan_summary(record.plan),
     ))
     return 0
 

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sftjob.manifest import ManifestError
+from sftjob.report import PlanSummary
 from sftjob.vocabulary import ExitCode, Reason
 from sftjob_runtime import plan as est
 from sftjob_runtime.errors import RuntimeFailure, one_line
@@ -226,6 +227,19 @@ def build_plan(file: str, *, gpu_memory: str | None = None, tokens_per_second: f
         "cost": None if cost is None else {"pricePerGpuHour": price_per_gpu_hour, "total": round(cost, 2)},
         "assumptions": assumptions,
     }
+
+
+def summary(plan: dict | None) -> PlanSummary | None:
+    """What status.plan shows of a whole plan (None when the run could not plan itself)."""
+    if not plan:
+        return None
+    ddp = (plan.get("strategies") or {}).get("ddp") or {}
+    memory = plan.get("memory") or {}
+    return PlanSummary(
+        strategy=plan.get("strategy"), fits=bool(plan.get("fits")), devices=(plan.get("setup") or {}).get("devices"),
+        memory=f"{memory.get('name')} ({memory.get('source')})" if memory.get("name") else None,
+        usableBytes=memory.get("usableBytes"), ddpPeakBytes=ddp.get("peak"), message=plan.get("message"),
+    )
 
 
 def _g(n: int) -> str:

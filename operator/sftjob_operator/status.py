@@ -58,7 +58,8 @@ SPEC_IGNORED_CONDITION = ConditionType.SPEC_CHANGE_IGNORED.value
 SPEC_IGNORED_REASON = Reason.JOB_ALREADY_CREATED.value
 RUNNING_PHASES = frozenset({Phase.SANITY_CHECKING.value, Phase.TRAINING.value, Phase.EXPORTING.value})
 # Fields of .status compute_status owns; everything else (jobName, observedGeneration) is left alone.
-_MANAGED = ("phase", "conditions", "progress", "sanityCheck", "bestCheckpoint", "resolved", "startTime", "completionTime")
+_MANAGED = ("phase", "conditions", "progress", "sanityCheck", "plan", "bestCheckpoint", "resolved", "startTime",
+            "completionTime")
 
 
 # -- the status ------------------------------------------------------------------------------
@@ -84,6 +85,8 @@ def _succeeded(desired: dict[str, Any], pods: Sequence[Mapping[str, Any]], now: 
         )
     if outcome is not None and outcome.resolved:
         desired["resolved"] = outcome.resolved
+    if outcome is not None and outcome.plan is not None and "plan" not in desired:
+        desired["plan"] = dump(outcome.plan)  # no sanity check ran: the train container planned
     if condition({"conditions": conds}, ConditionType.SANITY_CHECKED.value) is not None:
         sanity = condition({"conditions": conds}, ConditionType.SANITY_CHECKED.value)
         if sanity.get("status") != "True":
@@ -107,6 +110,8 @@ def _sanity_report(desired: dict[str, Any], pods: Sequence[Mapping[str, Any]], n
     for pod in sorted(pods, key=pod_order, reverse=True):
         cs = container_status(pod, SANITY_CONTAINER)
         outcome = outcome_of(cs)
+        if outcome is not None and outcome.plan is not None:
+            desired["plan"] = dump(outcome.plan)  # the pre-flight plan made with the job's model and data
         if outcome is not None and outcome.sanity is not None:
             desired["sanityCheck"] = dump(outcome.sanity)
             if outcome.resolved and "resolved" not in desired:

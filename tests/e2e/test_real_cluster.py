@@ -16,7 +16,7 @@ import json
 import pytest
 import yaml
 
-from sftjob.report import BestCheckpoint, Outcome
+from sftjob.report import BestCheckpoint, Outcome, PlanSummary
 from tests.e2e.cluster import RELEASE, REPO, Kubectl, wait
 from tests.support.kstatus import CURRENT, FAILED, IN_PROGRESS, kstatus
 from tests.support.playback import SANITY_PASSED, pod_status, running, terminated, waiting
@@ -152,11 +152,16 @@ def test_lifecycle_pending_sanity_training_succeeded(kubectl, operator, progress
     assert st["progress"]["stage"] == "sanity"
 
     progress.payload = {"stage": "training", "step": 40, "totalSteps": 200, "loss": 1.43, "etaSeconds": 725}
-    kubelet(kubectl, ns, pod, pod_status("Running", init=terminated(0, "Completed", SANITY_PASSED.to_termination_message()),
+    plan = PlanSummary(strategy="ddp", fits=True, devices=1, memory="80 GB (assumed)", usableBytes=76 * 2**30,
+                       ddpPeakBytes=3 * 2**30, message="fits one 80 GB GPU under DDP (~3.0 GiB per device)")
+    checked = SANITY_PASSED.model_copy(update={"plan": plan})
+    kubelet(kubectl, ns, pod, pod_status("Running", init=terminated(0, "Completed", checked.to_termination_message()),
                                          main=running()))
     st = wait("Training at step 40", lambda: (s := status_of(kubectl, "life", ns)).get("progress", {}).get("step") == 40 and s,
               TIMEOUT, log)
     assert st["phase"] == "Training" and st["sanityCheck"]["passed"] is True and st["progress"]["eta"] == "12m 05s"
+    # The CRD's status schema keeps every field of the plan (a structural schema prunes what it does not declare).
+    assert st["plan"] == plan.model_dump(mode="json", exclude_none=True)
     # Not Ready while it trains: a waiter times out (exit 1), and kstatus reads InProgress.
     early = kubectl.wait_for("sftjob/life", ns, "Ready", 2)
     assert early.returncode != 0 and "timed out" in early.stderr, early
