@@ -97,25 +97,36 @@ class Outcome(_Wire):
     plan: PlanSummary | None = None
 
     def to_termination_message(self) -> str:
-        """Compact JSON that fits Kubernetes' 4096-byte limit (long texts are cut first)."""
+        """Compact JSON that fits Kubernetes' 4096-byte limit (long texts are cut first, then whole sections).
+
+        The kubelet keeps only the tail of a longer message, which would no
+        longer parse: the outcome would be lost, so the limit always holds.
+        """
         data = self.model_dump(mode="json", exclude_none=True)
-        text = json.dumps(data, separators=(",", ":"))
-        for key in ("message",):
-            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
-                break
-            if data.get(key):
-                data[key] = data[key][:500] + "..."
-                text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and (data.get("plan") or {}).get("message"):
-            data["plan"]["message"] = data["plan"]["message"][:400] + "..."
-            text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and data.get("sanity", {}).get("sample"):
-            data["sanity"]["sample"] = data["sanity"]["sample"][:300] + "..."
-            text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
-            data.pop("resolved", None)
-            text = json.dumps(data, separators=(",", ":"))
-        return text
+
+        def text() -> str:  # UTF-8, not \u escapes: non-ASCII text costs 2-3 bytes a character, not 6-12
+            return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+        def fits() -> bool:
+            return len(text().encode()) <= TERMINATION_MESSAGE_LIMIT
+
+        cuts = [("message",), ("sanity", "message"), ("sanity", "sample"), ("plan", "message")]
+        for path in cuts:
+            if fits():
+                return text()
+            holder = data
+            for key in path[:-1]:
+                holder = holder.get(key) or {}
+            if isinstance(holder.get(path[-1]), str) and len(holder[path[-1]]) > 300:
+                holder[path[-1]] = holder[path[-1]][:300] + "..."
+        for section in ("resolved", "plan", "sanity"):
+            if fits():
+                return text()
+            data.pop(section, None)
+        if not fits():  # the last resort: what status needs to say how it ended
+            data = {k: data[k] for k in ("ok", "reason", "bestCheckpoint") if k in data}
+            data["message"] = (self.message or "")[:1000]
+        return text()
 
     @classmethod
     def from_termination_message(cls, text: str | None) -> "Outcome | None":

@@ -561,6 +561,8 @@ def test_every_node_runs_torchrun_against_node_0_and_names_itself():
         "--nnodes": "2", "--nproc-per-node": "8", "--rdzv-backend": "c10d",
         "--rdzv-endpoint": "llama-sft-sft-0.llama-sft-sft:29400", "--rdzv-id": UID,
         "--rdzv-conf": "join_timeout=900,read_timeout=300", "--local-addr": "$(SFTJOB_NODE_HOST)",
+        # torchrun's own 30 s would SIGKILL the workers while they write the just-in-time checkpoint.
+        "--shutdown-timeout": "870",
     }
     assert cmd[cmd.index("-m"):] == ["-m", "sftjob.cli", "run", "/etc/sftjob/run-config.json", "--output",
                                      "/workspace/output", "--skip-sanity"]
@@ -589,7 +591,7 @@ def test_a_single_node_job_has_no_service_and_no_rendezvous():
     assert [o["kind"] for o in objs] == ["ConfigMap", "Job"]
     assert "completionMode" not in objs[1]["spec"] and "subdomain" not in pod_spec(objs)
     train = container(objs, vocab.TRAIN_CONTAINER)
-    assert train["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=4"]
+    assert train["command"][:4] == ["torchrun", "--standalone", "--nproc-per-node=4", "--shutdown-timeout=870"]
     assert vocab.ENV_NODE_INDEX not in env_of(train)
 
 
@@ -598,7 +600,6 @@ def test_a_multi_node_job_needs_a_name_a_service_can_have():
     obj["metadata"]["name"] = "8b-run"
     with pytest.raises(RenderError, match=r"metadata.name: a multi-node job .* must start with a letter; got '8b-run'"):
         render(job_of(obj), CONFIG)
-    obj["resources"] = None
     single = manifest()
     single["metadata"]["name"] = "8b-run"
     assert len(render(job_of(single), CONFIG)) == 2  # a single-node job has no Service: any DNS label will do

@@ -787,3 +787,31 @@ def test_the_operators_slim_pod_keeps_the_node_index():
 
     assert leader_pods([slim_pod(node_pod(1)), slim_pod(node_pod(0))])[0]["metadata"]["name"].startswith("llama-sft-v1-sft-0-")
     assert "annotations" not in slim_pod(make_pod())["metadata"]  # a single-node pod carries no index
+
+
+def test_a_failed_multi_node_job_is_explained_by_node_0s_report():
+    """Node 1's workers die (exit 1, no report) because node 0's did: the reason is node 0's."""
+    diverged = Outcome(ok=False, reason="TrainingDiverged", message="The loss became NaN at step 120; lower learningRate.")
+    pods = [node_pod(0, phase="Failed", init=terminated(0, "Completed"), main=terminated(11, "Error", diverged.to_termination_message())),
+            node_pod(1, phase="Failed", init=terminated(0, "Completed"), main=terminated(1, "Error"))]
+    job = make_job(conditions=[job_condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")],
+                   active=0, failed=2)
+    _, status = step({**PENDING_STATUS, "phase": "Training"}, job, pods)
+    c = cond(status, "Failed")
+    assert c["reason"] == "TrainingDiverged" and "NaN at step 120" in c["message"]
+
+
+@pytest.mark.parametrize("text", ["a" * 5000, "训练数据" * 1500, "ü" * 4000])
+def test_a_termination_message_always_fits_and_parses(text):
+    """Long or non-ASCII findings are cut: the kubelet keeps only the tail of a longer message, which would not parse."""
+    outcome = Outcome(
+        ok=False, reason="SanityLossNotDecreasing", message=text,
+        sanity=SanityResult(passed=False, reason="SanityLossNotDecreasing", message=text, sample=text),
+        plan=PlanSummary(fits=False, message=text), resolved={"note": text},
+    )
+    message = outcome.to_termination_message()
+    assert len(message.encode()) <= 4096
+    parsed = Outcome.from_termination_message(message)
+    assert (parsed.ok, parsed.reason) == (False, "SanityLossNotDecreasing") and parsed.message.startswith(text[:100])
+    small = Outcome(ok=True, reason="Passed", message="训练完成", sanity=SANITY_PASSED.sanity)
+    assert Outcome.from_termination_message(small.to_termination_message()) == small  # nothing cut when it fits

@@ -296,7 +296,7 @@ def suggestions(arch: Arch, setup: Setup, capacity: int, host_capacity: int | No
                 candidates.append((f"FSDP over {gpus} GPUs", f"spec.resources.gpus: {gpus}", replace(setup, gpus=gpus)))
         per_node = max(setup.gpus, max_gpus)
         for nodes in (2, 4, 8, 16):
-            candidates.append((f"FSDP over {nodes} nodes x {per_node} GPUs",
+            candidates.append((f"FSDP over {nodes} nodes x {per_node} GPUs, once FSDP lands",
                                f"spec.resources.nodes: {nodes}", replace(setup, gpus=per_node, nodes=nodes)))
     if not setup.checkpointing:
         candidates.append(("gradient checkpointing", "spec.training.gradientCheckpointing: true",

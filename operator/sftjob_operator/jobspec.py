@@ -139,7 +139,8 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool],
         train_args = [*_torchrun(job, job_name), "-m", "sftjob.cli", *train_args[1:]]
     elif r.gpus > 1:
         # One data-parallel process per GPU (DDP); rank 0 reports and exports.
-        train_args = ["torchrun", "--standalone", f"--nproc-per-node={r.gpus}", "-m", "sftjob.cli", *train_args[1:]]
+        train_args = ["torchrun", "--standalone", f"--nproc-per-node={r.gpus}", _shutdown_timeout(job), "-m", "sftjob.cli",
+                      *train_args[1:]]
     if s.sanityCheck.enabled:
         # The init container has run (and passed) the check; the main container must not repeat it.
         train_args.append("--skip-sanity")
@@ -192,7 +193,17 @@ def _torchrun(job: SFTJob, job_name: str) -> list[str]:
         f"--rdzv-id={job.uid or job.name}",
         "--rdzv-conf=join_timeout=900,read_timeout=300",
         "--local-addr=$(SFTJOB_NODE_HOST)",
+        _shutdown_timeout(job),
     ]
+
+
+def _shutdown_timeout(job: SFTJob) -> str:
+    """How long torchrun lets its workers finish after SIGTERM (its default, 30 s, kills a just-in-time checkpoint).
+
+    Most of the pod's grace period, keeping a little for torchrun itself to exit.
+    """
+    grace = grace_seconds(job)
+    return f"--shutdown-timeout={max(grace - min(30, grace // 10), 1)}"
 
 
 def grace_seconds(job: SFTJob) -> int:

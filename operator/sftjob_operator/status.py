@@ -267,7 +267,10 @@ def compute_status(
     if true_condition(job, "Complete") or true_condition(job, "SuccessCriteriaMet"):
         _succeeded(desired, reporting, stamp)
     elif true_condition(job, "Failed") or true_condition(job, "FailureTarget"):
-        verdict = explain_job_failure(job, pods, hint)
+        # Node 0's own story first: only it writes a report, and the other nodes mostly fail because it did.
+        verdict = explain_job_failure(job, reporting, hint) if len(reporting) < len(pods) else None
+        if verdict is None or verdict.reason == Reason.INTERNAL_ERROR.value:
+            verdict = explain_job_failure(job, pods, hint)
         if verdict.reason == Reason.INTERNAL_ERROR.value and _pod_evidence_pending(job, pods):
             return {}  # the failed pod's own story has not reached this watch yet: its event brings us back
         _failed(desired, verdict, stamp)
