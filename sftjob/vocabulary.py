@@ -166,6 +166,8 @@ ENV_PROGRESS_PORT = "SFTJOB_PROGRESS_PORT"
 ENV_NODE_INDEX = "SFTJOB_NODE_INDEX"
 ENV_LEADER_ENDPOINT = "SFTJOB_LEADER_ENDPOINT"
 RENDEZVOUS_PORT = 29400  # torchrun's c10d default
+# The Job controller's annotation on each pod of an Indexed Job: its completion index (the node).
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # The pod's terminationGracePeriodSeconds, so the runtime can warn when its checkpoint needs longer.
 ENV_GRACE_SECONDS = "SFTJOB_TERMINATION_GRACE_SECONDS"
 

@@ -169,9 +169,9 @@ def sanity(file: str, as_json: bool = False, output_dir: str | None = None) -> i
     """
     from sftjob_runtime import nodes
 
-    if nodes.node_index() != 0 and nodes.leader_endpoint() is not None:
+    endpoint = nodes.leader_endpoint()
+    if endpoint is not None and nodes.node_index() != 0:
         # A multi-node job checks once, on node 0; this node waits for node 0 to start training.
-        endpoint = nodes.leader_endpoint()
         waited = nodes.wait_for_leader(endpoint, LEADER_WAIT_SECONDS)
         message = f"node {nodes.node_index()}: node 0 ran the sanity check and started training (waited {waited:.0f} s)"
         print(message)

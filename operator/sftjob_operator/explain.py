@@ -16,6 +16,7 @@ from typing import Any
 
 from sftjob.report import Outcome
 from sftjob.vocabulary import (
+    COMPLETION_INDEX_ANNOTATION,
     PERMANENT_EXIT_CODES,
     REASON_FOR_EXIT_CODE,
     SANITY_CONTAINER,
@@ -66,19 +67,16 @@ def has_sanity_container(pod_spec_holder: Mapping[str, Any] | None) -> bool:
     return any(cs.get("name") == SANITY_CONTAINER for cs in ((pod_spec_holder or {}).get("status") or {}).get("initContainerStatuses") or [])
 
 
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-
-
 def leader_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The pods that report: node 0's in a multi-node (Indexed) Job, every pod otherwise.
 
     Only node 0 runs the sanity check, serves progress and writes the run's
     outcome; the other nodes' pods matter for failures and scheduling only.
     """
-    indexed = [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX) is not None]
+    indexed = [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION) is not None]
     if not indexed:
         return list(pods)
-    return [p for p in indexed if p["metadata"]["annotations"][COMPLETION_INDEX] == "0"]
+    return [p for p in indexed if p["metadata"]["annotations"][COMPLETION_INDEX_ANNOTATION] == "0"]
 
 
 def pod_order(pod: Mapping[str, Any]) -> tuple[str, str]:

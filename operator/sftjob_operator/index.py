@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sftjob.vocabulary import memory_hint
-
-from sftjob_operator.explain import COMPLETION_INDEX
+from sftjob.vocabulary import COMPLETION_INDEX_ANNOTATION, memory_hint
 
 Key = tuple[str, str]  # (namespace, SFTJob name)
 
@@ -62,9 +60,9 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     slim_meta = {k: meta.get(k) for k in ("name", "uid", "creationTimestamp", "deletionTimestamp", "ownerReferences")}
-    index = (meta.get("annotations") or {}).get(COMPLETION_INDEX)
+    index = (meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
     if index is not None:  # a multi-node job's pod: which node it is
-        slim_meta["annotations"] = {COMPLETION_INDEX: index}
+        slim_meta["annotations"] = {COMPLETION_INDEX_ANNOTATION: index}
     return {
         "metadata": slim_meta,
         "spec": {"initContainers": _names(spec.get("initContainers")), "containers": _names(spec.get("containers"))},

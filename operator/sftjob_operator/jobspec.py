@@ -161,14 +161,22 @@ def _pod_template(job: SFTJob, config: OperatorConfig, pvcs: Mapping[str, bool],
     }
 
 
+_NODE_HOST = "SFTJOB_NODE_HOST"
+
+
+def _leader_endpoint(job_name: str) -> str:
+    """Node 0's rendezvous endpoint: its pod's name under the headless Service named like the Job."""
+    return f"{job_name}-0.{job_name}:{vocab.RENDEZVOUS_PORT}"
+
+
 def _nodes_env(job_name: str) -> list[dict[str, Any]]:
     """Which node a pod is (the Job controller's completion index) and where node 0 listens."""
     return [
         {"name": vocab.ENV_NODE_INDEX, "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+            "fieldPath": f"metadata.annotations['{vocab.COMPLETION_INDEX_ANNOTATION}']"}}},
         # This pod's own DNS name under the headless Service (earlier variables expand in later ones).
-        {"name": "SFTJOB_NODE_HOST", "value": f"{job_name}-$({vocab.ENV_NODE_INDEX}).{job_name}"},
-        {"name": vocab.ENV_LEADER_ENDPOINT, "value": f"{job_name}-0.{job_name}:{vocab.RENDEZVOUS_PORT}"},
+        {"name": _NODE_HOST, "value": f"{job_name}-$({vocab.ENV_NODE_INDEX}).{job_name}"},
+        {"name": vocab.ENV_LEADER_ENDPOINT, "value": _leader_endpoint(job_name)},
     ]
 
 
@@ -189,10 +197,10 @@ def _torchrun(job: SFTJob, job_name: str) -> list[str]:
         f"--nnodes={r.nodes}",
         f"--nproc-per-node={max(r.gpus, 1)}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={job_name}-0.{job_name}:{vocab.RENDEZVOUS_PORT}",
+        f"--rdzv-endpoint={_leader_endpoint(job_name)}",
         f"--rdzv-id={job.uid or job.name}",
         "--rdzv-conf=join_timeout=900,read_timeout=300",
-        "--local-addr=$(SFTJOB_NODE_HOST)",
+        f"--local-addr=$({_NODE_HOST})",
         _shutdown_timeout(job),
     ]
 
