@@ -51,6 +51,8 @@ class RunConfig(_Model):
     monitoring: RunMonitoring = Field(default_factory=RunMonitoring)
     gpus: int = Field(default=0, ge=0, description="Devices per node the job was given (0: CPU).")
     nodes: int = Field(default=1, ge=1)
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(default="auto", description="spec.resources.strategy.")
+    gpuMemory: str | None = Field(default=None, description="spec.resources.gpuMemory.")
 
     @classmethod
     def from_sftjob(cls, job: SFTJob) -> "RunConfig":
@@ -72,6 +74,8 @@ class RunConfig(_Model):
             ),
             gpus=s.resources.gpus,
             nodes=s.resources.nodes,
+            strategy=s.resources.strategy,
+            gpuMemory=s.resources.gpuMemory,
         )
 
     def to_json(self) -> str:

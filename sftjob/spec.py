@@ -238,6 +238,22 @@ class ResourcesSpec(_Model):
             "runs torchrun with the c10d rendezvous on pod 0, which alone runs the sanity check, reports and exports."
         ),
     )
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto",
+        description=(
+            "How the GPUs share the work. ddp: every GPU holds the whole model, its gradients and optimizer state. "
+            "fsdp: shard them across the job's GPUs; the pre-flight plan (`sftjob plan`, status.plan) sizes it, and "
+            "the runtime refuses it before loading anything until FSDP training lands. auto: DDP; the plan says "
+            "when only FSDP (or FSDP with CPU offload) would fit."
+        ),
+    )
+    gpuMemory: Quantity | None = Field(
+        default=None,
+        description=(
+            "Memory of one GPU (e.g. 80Gi) for the pre-flight plan. Default: read from a known GPU named in "
+            "nodeSelector (nvidia.com/gpu.product, nvidia.com/gpu.memory), else 80 GB; in the pod, the card's own."
+        ),
+    )
     terminationGracePeriodSeconds: int | None = Field(
         default=None, ge=30, le=86400,
         description=(
@@ -447,6 +463,14 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
         "a multi-node job gives each node's pod a scratch volume of its own (workVolumeSize); one claim cannot be "
         "mounted by every node: leave workVolumeClaim unset (the S3 mirror keeps checkpoints across pods)",
         lambda s: s.resources.nodes == 1 or s.resources.workVolumeClaim is None,
+    ),
+    CrossFieldRule(
+        "spec.resources.strategy",
+        "!has(self.resources) || !has(self.resources.strategy) || self.resources.strategy != 'fsdp' || "
+        "(has(self.resources.gpus) && self.resources.gpus > 1) || (has(self.resources.nodes) && self.resources.nodes > 1)",
+        "fsdp shards the model across the job's GPUs and needs more than one: set resources.gpus or resources.nodes "
+        "above 1, or strategy: ddp (or auto)",
+        lambda s: s.resources.strategy != "fsdp" or s.resources.gpus > 1 or s.resources.nodes > 1,
     ),
     CrossFieldRule(
         "spec.output.uri",

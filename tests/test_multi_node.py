@@ -123,3 +123,11 @@ def test_two_torchrun_agents_on_loopback_train_one_job_and_export_one_model(tiny
     # Both nodes kept a checkpoint of their own, to resume from their own volume.
     for node in (0, 1):
         assert list((tmp_path / f"node-{node}" / "checkpoints").glob("checkpoint-*")), node
+    # ...and the two optimizer states are the same: the nodes trained one model, their gradients all-reduced
+    # (a trainer.evaluate() before train() once left the model unwrapped, and each node trained alone).
+    import torch
+
+    states = [torch.load(sorted((tmp_path / f"node-{n}" / "checkpoints").glob("checkpoint-*"))[-1] / "optimizer.pt",
+                         weights_only=True)["state"] for n in (0, 1)]
+    assert states[0] and states[0].keys() == states[1].keys()
+    assert all(states[0][i]["exp_avg"].equal(states[1][i]["exp_avg"]) for i in states[0])

@@ -9,6 +9,7 @@ chosen; failures are one line with a typed reason.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -405,3 +406,18 @@ def test_sigterm_between_saves_writes_a_checkpoint_and_the_next_run_resumes_at_t
     assert steps[:stopped_at] == list(range(1, stopped_at + 1)) and steps[-1] == 40  # the curve continues, no gap
     # So does the run report's: the steps before the restart are in it.
     assert [e["step"] for e in report["log_history"] if "loss" in e] == steps
+
+
+@pytest.mark.slow
+def test_an_explicit_fsdp_is_refused_before_loading_never_run_as_ddp(tiny_model_dir, tmp_path):
+    """Until FSDP training lands, strategy: fsdp fails in one line naming the field; nothing is trained or exported."""
+    job = write_job(tmp_path, tiny_model_dir, training={"effectiveBatchSize": 8},
+                    extra={"resources": {"gpus": 0, "nodes": 2, "strategy": "fsdp"}})
+    r = subprocess.run([sys.executable, "-m", "sftjob.cli", "run", str(job), "--output", str(tmp_path / "work")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if "spec.resources.strategy" in line]
+    assert lines and "not available in this runtime" in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "work" / "checkpoints").exists()
+    assert not (tmp_path / "export" / "model.safetensors").exists()

@@ -270,9 +270,15 @@ def all_strategies(arch: Arch, setup: Setup, capacity: int, host_capacity: int |
     return out
 
 
-def choose(strategies: dict[str, Memory]) -> str | None:
-    """`auto`: DDP when it fits (least communication), else FSDP, else FSDP with CPU offload, else none."""
-    for s in STRATEGIES:
+def choose(strategies: dict[str, Memory], wanted: str = "auto") -> str | None:
+    """The strategy to run, or None when none fits.
+
+    `auto`: DDP when it fits (least communication), else FSDP, else FSDP with
+    CPU offload. `ddp`: DDP only. `fsdp` (spec.resources.strategy): FSDP, with
+    CPU offload when only that fits.
+    """
+    allowed = {"auto": STRATEGIES, "ddp": ("ddp",), "fsdp": ("fsdp", "fsdp_offload")}[wanted]
+    for s in allowed:
         if s in strategies and strategies[s].fits:
             return s
     return None
@@ -324,8 +330,8 @@ def suggestions(arch: Arch, setup: Setup, capacity: int, host_capacity: int | No
 
 
 def describe(chosen: str | None, strategies: dict[str, Memory], setup: Setup, capacity_name: str,
-             fixes: list[dict]) -> str:
-    """One sentence: fits under what, or why not and what to change."""
+             fixes: list[dict], wanted: str = "auto") -> str:
+    """One sentence: fits under what, or why not and what to change (`wanted`: spec.resources.strategy)."""
     names = {"ddp": "DDP", "fsdp": f"FSDP full shard over {setup.devices} GPUs", "fsdp_offload": "FSDP with CPU offload"}
     where = (f"{setup.devices} x {capacity_name} GPUs" if setup.devices > 1 else f"one {capacity_name} GPU") \
         if setup.device == "cuda" else f"the CPU's {capacity_name}"
@@ -333,6 +339,13 @@ def describe(chosen: str | None, strategies: dict[str, Memory], setup: Setup, ca
     if chosen == "ddp":
         return f"fits {where} under DDP ({gb(ddp.peak)} per device)"
     head = f"does not fit {where} under DDP (needs {gb(ddp.peak)})"
+    if wanted == "ddp":
+        other = choose(strategies)
+        if other:
+            return (f"{head}, and spec.resources.strategy asks for DDP; it fits under {names[other]} "
+                    f"({gb(strategies[other].peak)} per GPU): set strategy: auto or fsdp")
+    elif wanted == "fsdp" and chosen:
+        return f"fits {where} under {names[chosen]} ({gb(strategies[chosen].peak)} per GPU), as spec.resources.strategy asks"
     options = "; or ".join(
         f"{f['change']} ({f['field']}), {gb(f['peakBytes'])}"
         + ("" if f["strategy"] == "ddp" else f" per GPU under {names[f['strategy']].split(' over')[0]}")

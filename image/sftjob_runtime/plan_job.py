@@ -7,7 +7,7 @@ steps and tokens per epoch, and time and cost when given a throughput and a
 price. Exit 0: it fits; 1: it does not; 2/3/4 (ExitCode): bad input, data
 or model, with one line on stderr.
 
-The GPU's memory comes from `--gpu-memory`, else from a node-selector label
+The GPU's memory comes from `--gpu-memory`, else `spec.resources.gpuMemory`, else from a node-selector label
 value naming a known GPU (`nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3`,
 or GPU feature discovery's `nvidia.com/gpu.memory` in MiB), else 80 GB,
 said as an assumption.
@@ -56,11 +56,14 @@ def parse_bytes(text: str, field: str = "--gpu-memory") -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def gpu_capacity(node_selector: dict[str, str], override: str | None) -> tuple[str, int, str]:
-    """(name, bytes, where it came from) of one GPU of the job."""
+def gpu_capacity(node_selector: dict[str, str], override: str | None, spec_memory: str | None = None) -> tuple[str, int, str]:
+    """(name, bytes, where it came from) of one GPU of the job: --gpu-memory, spec.resources.gpuMemory, a known label."""
     if override:
         size = parse_bytes(override)
         return f"{size / 2**30:.0f} GB", size, "--gpu-memory"
+    if spec_memory:
+        size = parse_bytes(spec_memory, "spec.resources.gpuMemory")
+        return f"{size / 2**30:.0f} GB", size, "spec.resources.gpuMemory"
     for key, value in node_selector.items():
         if key.endswith("gpu.memory") and value.isdigit():
             return f"{int(value) / 1024:.0f} GB", int(value) * MiB, f"nodeSelector {key}={value} (MiB)"
@@ -171,7 +174,7 @@ def build_plan(file: str, *, gpu_memory: str | None = None, tokens_per_second: f
         cfg, selector, memory = RunConfig.from_sftjob(job), job.spec.resources.nodeSelector, job.spec.resources.memory
     arch = load_arch(cfg, base, model_dir)
     if cfg.gpus > 0:
-        cap_name, capacity, cap_source = gpu_capacity(selector, gpu_memory)
+        cap_name, capacity, cap_source = gpu_capacity(selector, gpu_memory, cfg.gpuMemory)
     else:
         capacity = parse_bytes(gpu_memory or memory or "64Gi", "--gpu-memory" if gpu_memory else "spec.resources.memory")
         cap_name, cap_source = f"{capacity / 2**30:.0f} GiB of memory", "--gpu-memory" if gpu_memory else "spec.resources.memory"
@@ -180,7 +183,7 @@ def build_plan(file: str, *, gpu_memory: str | None = None, tokens_per_second: f
     setup = replace(setup, batch=resolved.perDeviceBatchSize)
     host = parse_bytes(memory, "spec.resources.memory") if memory and setup.device == "cuda" else None
     strategies = est.all_strategies(arch, setup, capacity, host)
-    chosen = est.choose(strategies)
+    chosen = est.choose(strategies, cfg.strategy)
     fixes = est.suggestions(arch, setup, capacity, host) if not strategies["ddp"].fits else []
     if data is None:
         local_dir = model_dir or resolve_path(cfg.model.source, base)
@@ -217,8 +220,8 @@ def build_plan(file: str, *, gpu_memory: str | None = None, tokens_per_second: f
         "memory": {"name": cap_name, "bytes": capacity, "usableBytes": est.usable(capacity, setup.device), "source": cap_source,
                    "hostBytesPerNode": host},
         "strategies": {k: v.as_dict() for k, v in strategies.items()},
-        "strategy": chosen, "fits": chosen is not None,
-        "message": est.describe(chosen, strategies, setup, cap_name, fixes),
+        "strategyRequested": cfg.strategy, "strategy": chosen, "fits": chosen is not None,
+        "message": est.describe(chosen, strategies, setup, cap_name, fixes, cfg.strategy),
         "suggestions": fixes,
         "data": data,
         "steps": {"perEpoch": epoch_steps, "total": steps, "epochs": resolved.epochs},
@@ -269,7 +272,7 @@ def print_plan(p: dict) -> None:
         took = f"~{sec / 3600:.1f} h" if sec >= 3600 else f"~{max(sec / 60, 1):.0f} min"
         cost = f", {p['cost']['total']:,.2f} at {p['cost']['pricePerGpuHour']}/GPU-hour" if p["cost"] else ""
         print(f"  time: {took} at {p['time']['tokensPerSecondPerGpu']:,.0f} tokens/s per device{cost}")
-    print(f"  strategy (auto): {p['strategy'] or 'none'}: {p['message']}")
+    print(f"  strategy ({p.get('strategyRequested', 'auto')}): {p['strategy'] or 'none'}: {p['message']}")
 
 
 def plan_command(file: str, as_json: bool = False, **options) -> int:

@@ -82,6 +82,7 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
         paths.resolved.write_text(json.dumps(r.as_dict(), indent=2))
         emit("resolved", **{k: v for k, v in r.as_dict().items() if k != "origin"})
 
+    _check_strategy(cfg)
     state.update(stage="loading")
     model = load_model(cfg, prep.model_path, r.dtype, r.attention)
     train_ds = Dataset.from_list(prep.train.records())
@@ -109,12 +110,12 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
     trainer = build_trainer(prep, args, model, train_ds, eval_ds, callbacks, counter)
     sample_msgs = prep.val.examples[0].messages if prep.val.examples else prep.train.examples[0].messages
     last = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
-    before = None
     sample_before = None
     if last is None:
-        if eval_ds is not None:
-            state.update(stage="evaluating")
-            before = float(trainer.evaluate()["eval_loss"])
+        # The eval before the first step runs inside train() (eval_on_start), once the trainer has wrapped the
+        # model: a trainer.evaluate() before train() prepares the bare model, and transformers 5 then trains it
+        # unwrapped, so under torchrun every process trained alone (no gradient all-reduce) and they drifted apart.
+        trainer.args.eval_on_start = eval_ds is not None
         if main:
             sample_before = generate_sample(trainer.model, prep.tokenizer, sample_msgs)
     else:
@@ -126,6 +127,8 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
     finally:
         if mirror is not None:
             mirror.close()  # the uploads in flight finish before anything else (the export, a JIT upload, an exit)
+    before = None if last is not None else next(
+        (float(e["eval_loss"]) for e in trainer.state.log_history if e.get("step") == 0 and "eval_loss" in e), None)
     planned = trainer.state.max_steps
     jit = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
     if sigterm and planned and trainer.state.global_step < planned and jit is not None:
@@ -171,6 +174,17 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
     )
     state.update(stage="exporting", bestEvalLoss=result.best_eval_loss, bestStep=best_step)
     return result
+
+
+def _check_strategy(cfg: RunConfig) -> None:
+    """Before loading anything: this runtime trains data-parallel (DDP), so an explicit fsdp is refused, never run as DDP.
+
+    `auto` runs DDP; where the plan finds that the job needs FSDP, status.plan says so.
+    """
+    if cfg.strategy == "fsdp":
+        raise RuntimeFailure(Reason.INVALID_SPEC, "spec.resources.strategy: fsdp is not available in this runtime yet "
+                             "(it trains data-parallel, every GPU holding the whole model); use ddp or auto, or fit the "
+                             "job with spec.training.lora", ExitCode.INVALID_CONFIG)
 
 
 def warn_if_grace_is_short(r: Resolved, cfg: RunConfig, state: ProgressState) -> str | None:
