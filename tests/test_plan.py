@@ -138,6 +138,21 @@ def test_cli_70b_on_8_gpus_is_refused(tmp_path, capsys):
     assert p["message"].startswith("does not fit 8 x 80 GB GPUs under DDP")
 
 
+def test_spec_gpu_memory_and_strategy_steer_the_plan(tmp_path, capsys):
+    """resources.gpuMemory beats the node-selector label; strategy: ddp sizes DDP alone and names the way out."""
+    job = _manifest(tmp_path, str(CONFIGS / "llama-3.1-8b"), gpus=8, gpuMemory="40Gi")
+    assert main(["plan", str(job), "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["memory"]["source"] == "spec.resources.gpuMemory" and p["memory"]["bytes"] == 40 * GiB
+    assert p["strategyRequested"] == "auto" and p["strategy"] == "fsdp"
+    job = _manifest(tmp_path, str(CONFIGS / "llama-3.1-8b"), gpus=8, gpuMemory="40Gi", strategy="ddp")
+    assert main(["plan", str(job), "--json"]) == 1
+    p = json.loads(capsys.readouterr().out)
+    assert p["strategy"] is None and "spec.resources.strategy asks for DDP; it fits under FSDP" in p["message"]
+    assert main(["plan", str(job), "--json", "--gpu-memory", "141Gi"]) == 0  # the option still beats the spec
+    assert json.loads(capsys.readouterr().out)["strategy"] == "ddp"
+
+
 def test_cli_one_line_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["plan", str(tmp_path / "missing.yaml")]) == 2
