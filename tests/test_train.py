@@ -421,3 +421,8 @@ def test_an_explicit_fsdp_is_refused_before_loading_never_run_as_ddp(tiny_model_
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "work" / "checkpoints").exists()
     assert not (tmp_path / "export" / "model.safetensors").exists()
+    # The sanity init container refuses it the same way, before the check loads anything onto a GPU.
+    r = subprocess.run([sys.executable, "-m", "sftjob.cli", "sanity", str(job), "--output", str(tmp_path / "sanity")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert any("spec.resources.strategy: fsdp is not available" in line for line in r.stderr.splitlines()), r.stderr[-2000:]

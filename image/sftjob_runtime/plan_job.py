@@ -58,12 +58,10 @@ def parse_bytes(text: str, field: str = "--gpu-memory") -> int:
 
 def gpu_capacity(node_selector: dict[str, str], override: str | None, spec_memory: str | None = None) -> tuple[str, int, str]:
     """(name, bytes, where it came from) of one GPU of the job: --gpu-memory, spec.resources.gpuMemory, a known label."""
-    if override:
-        size = parse_bytes(override)
-        return f"{size / 2**30:.0f} GB", size, "--gpu-memory"
-    if spec_memory:
-        size = parse_bytes(spec_memory, "spec.resources.gpuMemory")
-        return f"{size / 2**30:.0f} GB", size, "spec.resources.gpuMemory"
+    for given, source in ((override, "--gpu-memory"), (spec_memory, "spec.resources.gpuMemory")):
+        if given:
+            size = parse_bytes(given, source)
+            return f"{size / 2**30:.0f} GB", size, source
     for key, value in node_selector.items():
         if key.endswith("gpu.memory") and value.isdigit():
             return f"{int(value) / 1024:.0f} GB", int(value) * MiB, f"nodeSelector {key}={value} (MiB)"

@@ -82,7 +82,6 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
         paths.resolved.write_text(json.dumps(r.as_dict(), indent=2))
         emit("resolved", **{k: v for k, v in r.as_dict().items() if k != "origin"})
 
-    _check_strategy(cfg)
     state.update(stage="loading")
     model = load_model(cfg, prep.model_path, r.dtype, r.attention)
     train_ds = Dataset.from_list(prep.train.records())
@@ -174,17 +173,6 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
     )
     state.update(stage="exporting", bestEvalLoss=result.best_eval_loss, bestStep=best_step)
     return result
-
-
-def _check_strategy(cfg: RunConfig) -> None:
-    """Before loading anything: this runtime trains data-parallel (DDP), so an explicit fsdp is refused, never run as DDP.
-
-    `auto` runs DDP; where the plan finds that the job needs FSDP, status.plan says so.
-    """
-    if cfg.strategy == "fsdp":
-        raise RuntimeFailure(Reason.INVALID_SPEC, "spec.resources.strategy: fsdp is not available in this runtime yet "
-                             "(it trains data-parallel, every GPU holding the whole model); use ddp or auto, or fit the "
-                             "job with spec.training.lora", ExitCode.INVALID_CONFIG)
 
 
 def warn_if_grace_is_short(r: Resolved, cfg: RunConfig, state: ProgressState) -> str | None:
