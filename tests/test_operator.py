@@ -215,6 +215,16 @@ def test_invalid_spec_fails_naming_the_field_and_creates_nothing(cluster: Cluste
     assert cluster.wait("an InvalidSpec event", lambda: [e for e in cluster.events(ns, "bad") if e["reason"] == "InvalidSpec"])
 
 
+def test_a_strategy_this_release_cannot_run_fails_before_any_child_exists(cluster: Cluster, ns: str) -> None:
+    cluster.create("sharded", ns, resources={"gpus": 2, "strategy": "fsdp"})
+    cond = cluster.condition(cluster.wait_phase("sharded", ns, "Failed"), "Failed")
+    assert cond["reason"] == "InvalidSpec" and "spec.resources.strategy: fsdp is not available" in cond["message"]
+    for api, plural, name in (("batch/v1", "jobs", "sharded-sft"), ("v1", "configmaps", "sharded-run-config")):
+        with pytest.raises(ApiError) as e:
+            cluster.client.get(api, plural, ns, name)
+        assert e.value.status == 404
+
+
 def test_a_forbidden_job_is_reported_in_status_and_created_once_allowed(cluster: Cluster, ns: str) -> None:
     """A 403 on Job creation (RBAC, ResourceQuota, admission): Pending with the reason and one Event, not silence."""
     quota = 'jobs.batch "quota-sft" is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1'
@@ -688,20 +698,25 @@ def test_follower_keeps_sftjobs_by_uid_and_catches_up_only_when_it_can_help() ->
             reconciled.append(f"{follower._sftjob(key)['metadata']['uid']}:{follower._sftjob(key)['status'].get('phase')}")
 
         follower.reconcile = reconcile  # type: ignore[method-assign]
+
+        async def changed(key: tuple[str, str], type: str | None, body: dict[str, Any]) -> None:
+            if follower.keep(key, type, body):  # what kopf does with the handler's filter
+                await follower.reconcile(key)
+
         key = ("n", "a")
-        await follower.sftjob_changed(key, "ADDED", sft("u1"))
-        await follower.sftjob_changed(key, "MODIFIED", sft("u1", phase="Pending", jobName="a-sft"))  # its own first status
+        await changed(key, "ADDED", sft("u1"))
+        await changed(key, "MODIFIED", sft("u1", phase="Pending", jobName="a-sft"))  # its own first status
         assert reconciled == [] and list(follower.phases()) == ["Pending"]
-        await follower.sftjob_changed(key, "ADDED", sft("u3"))  # another object of that name (deleted, created again)
-        await follower.sftjob_changed(("n", "b"), "ADDED", {**sft("b1"), "metadata": {"name": "b", "namespace": "n", "uid": "b1"}})
+        await changed(key, "ADDED", sft("u3"))  # another object of that name (deleted, created again)
+        await changed(("n", "b"), "ADDED", {**sft("b1"), "metadata": {"name": "b", "namespace": "n", "uid": "b1"}})
         await follower._reconcile(("n", "b"))  # b's Job changed before b's status showed jobName
-        await follower.sftjob_changed(("n", "b"), "MODIFIED", {**sft("b1", phase="Pending", jobName="b-sft"),
+        await changed(("n", "b"), "MODIFIED", {**sft("b1", phase="Pending", jobName="b-sft"),
                                                               "metadata": {"name": "b", "namespace": "n", "uid": "b1"}})
-        await follower.sftjob_changed(key, None, sft("u1", phase="Training", jobName="a-sft"))  # listed after a restart
-        await follower.sftjob_changed(key, "MODIFIED", sft("u1", phase="Succeeded", jobName="a-sft"))  # finished
-        await follower.sftjob_changed(key, "DELETED", sft("u3"))  # a late event of another object of that name
+        await changed(key, None, sft("u1", phase="Training", jobName="a-sft"))  # listed after a restart
+        await changed(key, "MODIFIED", sft("u1", phase="Succeeded", jobName="a-sft"))  # finished
+        await changed(key, "DELETED", sft("u3"))  # a late event of another object of that name
         assert follower._sftjob(key)["metadata"]["uid"] == "u1"
-        await follower.sftjob_changed(key, "DELETED", sft("u1", phase="Succeeded", jobName="a-sft"))
+        await changed(key, "DELETED", sft("u1", phase="Succeeded", jobName="a-sft"))
         assert follower._sftjob(key) is None and list(follower.phases()) == ["Pending"]  # b's
         return reconciled
 
@@ -747,7 +762,7 @@ def test_follower_gives_a_finished_sftjob_its_summary_and_observes_later_spec_ed
         follower = Follower(kube, OperatorConfig(), Metrics(), None, events)  # type: ignore[arg-type]
         follower.attach({}, {})  # its Job is long gone (ttlSecondsAfterFinished)
         key = ("n", "a")
-        await follower.sftjob_changed(key, None, body(1))
+        assert not follower.keep(key, None, body(1))  # finished: nothing to catch up
         await follower.resumed(key)
         await follower.resumed(key)  # nothing more to write
         assert await follower.spec_changed(key, body(2), {"suspend": False}, {"suspend": True}, logging.getLogger("t"))
@@ -790,3 +805,37 @@ def test_events_are_posted_in_order_behind_the_create_path_and_drained_at_exit()
         return kube.posted
 
     assert sorted(asyncio.run(scenario())) == ["m0", "m3", "m4", "m5", "m6", "m7"]  # the senders outlive failures
+
+
+def test_events_wait_while_an_sftjob_is_being_created_but_never_longer_than_max_hold() -> None:
+    import asyncio
+
+    from sftjob_operator.events import EventPoster
+
+    class Kube:
+        def __init__(self) -> None:
+            self.posted: list[tuple[str, float]] = []
+
+        async def create(self, obj: dict[str, Any]) -> None:
+            self.posted.append((obj["message"], asyncio.get_running_loop().time()))
+
+    async def scenario() -> None:
+        kube = Kube()
+        poster = EventPoster(kube, senders=2, max_hold=0.5)  # type: ignore[arg-type]
+        sft = {"metadata": {"name": "a", "namespace": "n", "uid": "u"}}
+        loop = asyncio.get_running_loop()
+        with poster.creating():
+            poster.post(sft, "Normal", "JobCreated", "during")
+            await asyncio.sleep(0.2)
+            assert kube.posted == []  # held: a Job is still being created
+        await asyncio.sleep(0.05)
+        assert [m for m, _ in kube.posted] == ["during"]  # sent once the create path is done
+        with poster.creating():  # a create path that never ends holds an Event for max_hold only
+            start = loop.time()
+            poster.post(sft, "Normal", "JobCreated", "starved")
+            while "starved" not in dict(kube.posted) and loop.time() - start < 10:
+                await asyncio.sleep(0.05)
+            assert dict(kube.posted)["starved"] - start >= 0.45  # sent while still creating, after max_hold
+        await poster.drain()
+
+    asyncio.run(scenario())

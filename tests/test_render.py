@@ -507,6 +507,15 @@ def test_local_only_locations_are_refused_for_a_cluster(changes, field):
     assert "s3://" in e.value.errors[0] and "pvc://" in e.value.errors[0]
 
 
+def test_a_strategy_this_release_cannot_run_is_refused_before_any_gpu_is_requested():
+    with pytest.raises(RenderError) as e:
+        render(job_of(manifest(resources={"gpus": 2, "strategy": "fsdp"})), CONFIG)
+    [error] = e.value.errors
+    assert error.startswith("spec.resources.strategy: fsdp is not available in this release") and "lora" in error
+    for strategy in ("auto", "ddp"):
+        render(job_of(manifest(resources={"gpus": 2, "strategy": strategy})), CONFIG)
+
+
 def test_hub_ids_and_cluster_locations_render():
     for source in ("meta-llama/Llama-3.1-8B-Instruct", "gpt2", "s3://m/llama", "pvc://models/llama"):
         render(job_of(manifest(model={"source": source})), CONFIG)

@@ -21,6 +21,7 @@ from pathlib import Path
 from sftjob.manifest import ManifestError
 from sftjob.report import BestCheckpoint, Outcome, SanityResult
 from sftjob.runconfig import RunConfig, load_run_config
+from sftjob.spec import unavailable_errors
 from sftjob.vocabulary import ENV_TERMINATION_LOG, TERMINATION_LOG, ExitCode, Reason, memory_hint
 from sftjob_runtime import console
 from sftjob_runtime.errors import RuntimeFailure, Terminated
@@ -70,12 +71,12 @@ def _load(file: str) -> tuple[RunConfig, Path]:
 
     load_credentials()  # in a pod: the mounted Secret files, before anything reads the environment
     cfg = load_run_config(file)
-    if cfg.strategy == "fsdp":
-        # Refused here, before anything is fetched, by `run` and by the sanity init container alike: this
-        # runtime trains data-parallel (`auto` runs DDP, and status.plan says when only FSDP would fit).
-        raise RuntimeFailure(Reason.INVALID_SPEC, "spec.resources.strategy: fsdp is not available in this runtime yet "
-                             "(it trains data-parallel, every GPU holding the whole model); use ddp or auto, or fit the "
-                             "job with spec.training.lora", ExitCode.INVALID_CONFIG)
+    unavailable = unavailable_errors(strategy=cfg.strategy)
+    if unavailable:
+        # Refused here, before anything is fetched, by `run` and by the sanity init container alike (the
+        # operator refuses the same before it creates a Job): e.g. strategy fsdp, as this runtime trains
+        # data-parallel (`auto` runs DDP, and status.plan says when only FSDP would fit).
+        raise RuntimeFailure(Reason.INVALID_SPEC, "; ".join(unavailable), ExitCode.INVALID_CONFIG)
     # Relative paths in a manifest are relative to the manifest's folder.
     return cfg, Path(file).resolve().parent
 

@@ -10,7 +10,7 @@ The latest state of Jobs and Pods comes from kopf indexes (`handlers.py`
 declares them): kopf fills them from its watch streams, and holds every
 handler back until the initial listing of each is complete, so after a
 restart status is never computed from a half-known world. SFTJobs are kept
-here, from their own event handler (`sftjob_changed`), which kopf runs
+here, by the filter of their own event handler (`keep`), which kopf calls
 before their create/resume/update handlers: as an index they cost a second
 handler invocation per event, and at startup kopf's readiness bookkeeping for
 indexed objects wakes every waiting SFTJob once per listed SFTJob, a CPU cost
@@ -98,7 +98,7 @@ class Follower:
         self._retries: dict[Key, asyncio.Task[None]] = {}
         self._attempts: dict[Key, int] = {}
         self._background: set[asyncio.Task[None]] = set()
-        # SFTJobs whose Job or Pod changed before their status showed jobName (see `sftjob_changed`).
+        # SFTJobs whose Job or Pod changed before their status showed jobName (see `keep`).
         self._early: set[Key] = set()
 
     def attach(self, jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
@@ -111,14 +111,16 @@ class Follower:
             for sft in list(store.values()):
                 yield (sft.get("status") or {}).get("phase")
 
-    async def sftjob_changed(self, key: Key, type: str | None, body: Mapping[str, Any]) -> None:
-        """An SFTJob was listed, added, changed or deleted: keep its slim copy, and catch its status up if needed.
+    def keep(self, key: Key, type: str | None, body: Mapping[str, Any]) -> bool:
+        """An SFTJob was listed, added, changed or deleted: keep its slim copy; return whether to reconcile it now.
 
-        Once status.jobName is written, status follows the Job and Pods (whose
-        events reconcile), spec edits (the update handler) and progress polls;
-        the SFTJob's own events add nothing, except when it is listed after a
-        restart, or when it first shows jobName after a Job or Pod event had
-        to be skipped for the lack of it.
+        Synchronous and cheap, because it runs as the `when` filter of the
+        SFTJob event handler (see handlers.py), which kopf invokes only when
+        this returns True. Once status.jobName is written, status follows the
+        Job and Pods (whose events reconcile), spec edits (the update handler)
+        and progress polls; the SFTJob's own events add nothing, except when
+        it is listed after a restart, or when it first shows jobName after a
+        Job or Pod event had to be skipped for the lack of it.
         """
         sft = slim_sftjob(body)
         uid = sft["metadata"]["uid"]
@@ -128,11 +130,10 @@ class Follower:
             if not store:  # not a newer SFTJob of the same name
                 self._sftjobs.pop(key, None)
                 self.forget(key)
-            return
+            return False
         self._sftjobs.setdefault(key, {})[uid] = sft
         status = sft["status"]
-        if status.get("jobName") and status.get("phase") not in _TERMINAL and (type is None or key in self._early):
-            await self.reconcile(key)
+        return bool(status.get("jobName") and status.get("phase") not in _TERMINAL and (type is None or key in self._early))
 
     def forget(self, key: Key) -> None:
         """Drop everything remembered about a deleted SFTJob."""

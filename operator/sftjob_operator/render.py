@@ -22,7 +22,7 @@ from typing import Any
 from sftjob import vocabulary as vocab
 from sftjob.manifest import API_VERSION_FULL, SFTJob
 from sftjob.runconfig import RunConfig
-from sftjob.spec import DNS_LABEL_PATTERN, KIND
+from sftjob.spec import DNS_LABEL_PATTERN, KIND, unavailable_errors
 from sftjob_operator.config import OperatorConfig
 from sftjob_operator.jobspec import CHECKOV_SKIPS, OUTPUT_DIR, job_spec
 from sftjob_operator.locations import PVC_MOUNT_ROOT, PVC_SCHEME, RenderError, local_only_errors, pvc_claims, pvc_local
@@ -54,9 +54,9 @@ def render(job: SFTJob, config: OperatorConfig) -> list[dict]:
     read from the API server); offline renders omit them.
     """
     _check_name(job.name, job.spec.resources.nodes)
-    local = local_only_errors(job)
-    if local:
-        raise RenderError(*local)
+    refused = local_only_errors(job) + unavailable_errors(strategy=job.spec.resources.strategy)
+    if refused:
+        raise RenderError(*refused)
     run_config_json = _run_config(job).to_json()
     training_labels = _labels(job.name, COMPONENT_TRAINING)
     spec = job_spec(job, config, pvc_claims(job), training_labels, configmap_name(job.name), job_name(job.name))
@@ -103,9 +103,10 @@ def spec_hash(run_config_json: str, job_spec: dict) -> str:
     their owner reference.
     """
     relevant = {k: v for k, v in job_spec.items() if k != "suspend"}
-    canonical = json.dumps({"runConfig": json.loads(run_config_json), "jobSpec": relevant},
-                           sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    digest = hashlib.sha256(run_config_json.encode())  # canonical already (RunConfig.to_json)
+    digest.update(b"\n")
+    digest.update(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()
 
 
 def _check_name(name: str, nodes: int) -> None:

@@ -103,6 +103,17 @@ def test_a_multi_node_job_may_not_share_one_work_volume_claim(kubectl, helm_rele
 # -- the lifecycle, with the operator as the chart's ServiceAccount ------------------------------------
 
 
+def test_a_strategy_the_api_server_accepts_but_this_release_cannot_run_fails_with_no_job(kubectl, operator, ns):
+    """strategy: fsdp passes the CRD (manifests stay valid for a later release); the operator refuses it, no GPU asked."""
+    kubectl.create(sftjob("sharded", ns, resources={"gpus": 2, "strategy": "fsdp"}))
+    status = wait("Failed", lambda: (s := status_of(kubectl, "sharded", ns)).get("phase") == "Failed" and s, TIMEOUT,
+                  operator.log_tail)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec.resources.strategy: fsdp is not available" in failed["message"]
+    assert kubectl.get("job", "sharded-sft", ns) is None and kubectl.get("configmap", "sharded-run-config", ns) is None
+
+
+
 def test_a_two_node_job_is_one_indexed_job_a_headless_service_and_two_rendezvousing_pods(kubectl, operator, ns):
     """The chart's RBAC lets the operator create the Service; the real Job controller makes one pod per index."""
     log = operator.log_tail
