@@ -659,6 +659,23 @@ def test_diff_base_is_kopfs_essence_without_copying_what_it_drops() -> None:
     for extra in (None, [("spec",)], [("status", "phase")]):
         body = kopf.Body(sft)
         assert json.dumps(ours.build(body=body, extra_fields=extra)) == json.dumps(kopfs.build(body=body, extra_fields=extra))
+    bare = {"apiVersion": API, "kind": "SFTJob", "metadata": {"name": "a"}, "spec": {"model": {"source": "m"}}}
+    variants = [
+        bare,
+        {**bare, "metadata": {"name": "a", "labels": {}, "annotations": {}}},
+        {**bare, "metadata": {"name": "a", "annotations": {f"{KOPF_PREFIX}/last-handled-configuration": "{}"}}},  # not marked yet
+        {**bare, "metadata": {"name": "a", "annotations": {  # another kopf operator's storage, and kopf's default prefix
+            "other.example.com/kopf-managed": "yes", "other.example.com/last-handled-configuration": "{}",
+            "kopf.zalando.org/touch-dummy": "x", "x.kopf.zalando.org/y": "z", "team.example.com/owner": "me"}}},
+        {**bare, "metadata": {"name": "a", "labels": {"a": "1"}, "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}}},
+        {**bare, "extra": {"kept": [1, {"x": None}]}},
+    ]
+    for variant in variants:
+        body = kopf.Body(variant)
+        assert json.dumps(ours.build(body=body)) == json.dumps(kopfs.build(body=body)), variant
+    built = ours.build(body=kopf.Body(sft))
+    built["spec"]["model"]["source"] = "changed"
+    assert sft["spec"]["model"]["source"] == "m"  # a copy, as kopf's is
     job = kopf.Body({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "a-sft"}, "spec": {"x": 1}})
     assert ours.build(body=job) == {}  # no create/update handler ever reads a Job's essence
 
@@ -810,6 +827,7 @@ def test_events_are_posted_in_order_behind_the_create_path_and_drained_at_exit()
 def test_events_wait_while_an_sftjob_is_being_created_but_never_longer_than_max_hold() -> None:
     import asyncio
 
+    from sftjob_operator.burst import CreatePath
     from sftjob_operator.events import EventPoster
 
     class Kube:
@@ -821,16 +839,17 @@ def test_events_wait_while_an_sftjob_is_being_created_but_never_longer_than_max_
 
     async def scenario() -> None:
         kube = Kube()
-        poster = EventPoster(kube, senders=2, max_hold=0.5)  # type: ignore[arg-type]
+        path = CreatePath()
+        poster = EventPoster(kube, path, senders=2, max_hold=0.5)  # type: ignore[arg-type]
         sft = {"metadata": {"name": "a", "namespace": "n", "uid": "u"}}
         loop = asyncio.get_running_loop()
-        with poster.creating():
+        with path.creating():
             poster.post(sft, "Normal", "JobCreated", "during")
             await asyncio.sleep(0.2)
             assert kube.posted == []  # held: a Job is still being created
         await asyncio.sleep(0.05)
         assert [m for m, _ in kube.posted] == ["during"]  # sent once the create path is done
-        with poster.creating():  # a create path that never ends holds an Event for max_hold only
+        with path.creating():  # a create path that never ends holds an Event for max_hold only
             start = loop.time()
             poster.post(sft, "Normal", "JobCreated", "starved")
             while "starved" not in dict(kube.posted) and loop.time() - start < 10:

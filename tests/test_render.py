@@ -191,12 +191,13 @@ def test_spec_hash_annotation_tracks_what_was_rendered():
         vocab.ANNOTATION_SPEC_HASH] != base
 
 
-def test_spec_hash_is_over_canonical_json_not_key_order():
+def test_spec_hash_is_over_what_was_rendered_and_ignores_suspend():
     cm, job = rendered("base")
     run_config = cm["data"][vocab.RUN_CONFIG_KEY]
-    reordered = dict(reversed(list(job["spec"].items())))
-    assert spec_hash(run_config, reordered) == spec_hash(run_config, job["spec"])
     assert spec_hash(run_config, job["spec"]) == job["metadata"]["annotations"][vocab.ANNOTATION_SPEC_HASH]
+    assert spec_hash(run_config, {**job["spec"], "suspend": not job["spec"].get("suspend")}) == spec_hash(run_config, job["spec"])
+    assert spec_hash(run_config + " ", job["spec"]) != spec_hash(run_config, job["spec"])
+    assert rendered("base")[1]["metadata"]["annotations"] == job["metadata"]["annotations"]  # deterministic
 
 
 def test_rendered_objects_share_no_sub_objects():

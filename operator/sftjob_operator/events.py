@@ -7,8 +7,8 @@ Posting is fire-and-forget: an Event that cannot be written is logged and
 dropped, never a reason to fail or retry a reconciliation.
 
 Events wait in a queue for a few senders instead of each getting a task of
-its own, and the senders hold back while an SFTJob is being created
-(`creating`), for up to `max_hold` seconds: in a burst of new SFTJobs, 500
+its own, and the senders hold back while an SFTJob is being created (see
+burst.py), for up to `max_hold` seconds: in a burst of new SFTJobs, 500
 "Created" Events posted meanwhile would compete with the Jobs still to be
 created for the one event loop and for the API server, whereas held back
 they follow the burst, and no Event delays a Job.
@@ -17,15 +17,15 @@ they follow the burst, and no Event delays a Job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sftjob.manifest import API_VERSION_FULL
 from sftjob.spec import KIND
 
+from sftjob_operator.burst import CreatePath
 from sftjob_operator.kube import ApiError, KubeClient
 from sftjob_operator.conditions import now_rfc3339
 
@@ -62,29 +62,14 @@ def event_manifest(sftjob: Mapping[str, Any], type_: str, reason: str, message: 
 class EventPoster:
     """Posts Events in the background, `senders` at a time, in the order they were queued."""
 
-    def __init__(self, kube: KubeClient, senders: int = 4, max_hold: float = 10.0) -> None:
+    def __init__(self, kube: KubeClient, create_path: CreatePath | None = None, senders: int = 4, max_hold: float = 10.0) -> None:
         self.kube = kube
         self.instance = socket.gethostname()
         self.max_hold = max_hold
+        self._create_path = create_path or CreatePath()
         self._senders = senders
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._creating = 0
-        self._idle: asyncio.Event | None = None  # made on first use, in the operator's running loop
-
-    @contextlib.contextmanager
-    def creating(self) -> Iterator[None]:
-        """While inside, queued Events wait (at most `max_hold` seconds each): an SFTJob is being created."""
-        if self._idle is None:
-            self._idle = asyncio.Event()
-        self._creating += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._creating -= 1
-            if not self._creating:
-                self._idle.set()
 
     def post(self, sftjob: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Queue one Event (Normal or Warning); returns at once."""
@@ -96,9 +81,7 @@ class EventPoster:
     async def _send_queued(self) -> None:
         while True:
             manifest = await self._queue.get()
-            if self._creating and self._idle is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), self.max_hold)
+            await self._create_path.idle(self.max_hold)
             try:
                 await self.kube.create(manifest)
             except ApiError as e:

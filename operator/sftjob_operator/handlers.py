@@ -2,7 +2,8 @@
 
 - startup/cleanup: `context` (kopf settings, clients, metrics server);
 - SFTJob created / updated before it started: `children.start_sftjob`
-  (validate, render, create ConfigMap + Job, first status);
+  (validate, render, create ConfigMap + Job, first status, which in a
+  burst of new SFTJobs waits for the burst's Jobs: see `burst.py`);
 - SFTJob resumed after a restart, its spec edited, any event of it or of its
   Job or Pods: `follow.Follower` (status from the Job, Pods and progress
   through the pure `status.compute_status`); its progress poller is one
@@ -35,6 +36,8 @@ from sftjob_operator.index import Key, slim_job, slim_pod
 CONFIG = OperatorConfig.from_env()
 
 SFTJOBS = (API_GROUP, API_VERSION, PLURAL)
+# The longest a new SFTJob's first status waits for the Jobs of a burst to be created.
+STATUS_HOLD_SECONDS = 5.0
 OURS = {LABEL_JOB_NAME: kopf.PRESENT}
 
 
@@ -90,11 +93,14 @@ async def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: A
 
 async def _start(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, logger: kopf.Logger, retry: int) -> None:
     try:
-        with ctx.events.creating():
-            patch.status.update(await start_sftjob(body, ctx.kube, ctx.config, ctx.metrics, ctx.events, logger, retry))
+        with ctx.create_path.creating():
+            status = await start_sftjob(body, ctx.kube, ctx.config, ctx.metrics, ctx.events, logger, retry)
     except CreateForbidden as e:
         patch.status.update(e.status)  # kopf applies the patch, then retries after e.delay
         raise
+    # kopf writes this status once the handler returns: in a burst, after every Job (see burst.py).
+    await ctx.create_path.idle(STATUS_HOLD_SECONDS)
+    patch.status.update(status)
 
 
 @kopf.on.create(*SFTJOBS)

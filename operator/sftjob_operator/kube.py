@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+import pydantic_core
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class KubeClient:
         """Send one request; return the decoded JSON (None with `decode=False`) or raise ApiError."""
         for attempt in (1, 2):
             session = await self._open()
-            data = None if body is None else json.dumps(body, separators=(",", ":"))
+            # pydantic's compiled serializer: a Job is 5 KB of JSON, and json.dumps was a tenth of a create.
+            data = None if body is None else pydantic_core.to_json(body)
             headers = {"Content-Type": content_type} if data is not None else {}
             self.requests += 1
             try:

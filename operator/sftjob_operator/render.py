@@ -15,9 +15,10 @@ What it renders, for an SFTJob named N:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Any
+
+import pydantic_core
 
 from sftjob import vocabulary as vocab
 from sftjob.manifest import API_VERSION_FULL, SFTJob
@@ -96,16 +97,19 @@ def render(job: SFTJob, config: OperatorConfig) -> list[dict]:
 
 
 def spec_hash(run_config_json: str, job_spec: dict) -> str:
-    """sha256 over the canonical run config and the Job spec (less `suspend`, which may change).
+    """sha256 over the run config and the Job spec (less `suspend`, which may change), as rendered.
 
     Stamped on both children so a person (or a later tool) can tell which
     spec a Job was made from; the operator itself recognises its children by
-    their owner reference.
+    their owner reference. Rendering is deterministic, key order included, so
+    the objects are hashed in the order they were built (compact JSON from
+    pydantic's compiled serializer: sorting the keys of a 5 KB Job spec with
+    `json.dumps` was half of the render time).
     """
     relevant = {k: v for k, v in job_spec.items() if k != "suspend"}
-    digest = hashlib.sha256(run_config_json.encode())  # canonical already (RunConfig.to_json)
+    digest = hashlib.sha256(run_config_json.encode())
     digest.update(b"\n")
-    digest.update(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(pydantic_core.to_json(relevant))
     return digest.hexdigest()
 
 
