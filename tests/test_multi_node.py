@@ -93,11 +93,8 @@ def test_waiting_for_node_0_gives_up_with_one_line_naming_it():
         wait_for_leader(("127.0.0.1", free_port()), 10, clock=clock, sleep=sleep)
 
 
-@pytest.mark.slow
-def test_two_torchrun_agents_on_loopback_train_one_job_and_export_one_model(tiny_model_dir, tmp_path):
-    """What two pods of a 2-node SFTJob run, as two agents on 127.0.0.1 with their own work directories."""
-    job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 4, "perDeviceBatchSize": 2, "effectiveBatchSize": 8},
-                    extra={"resources": {"gpus": 0, "nodes": 2}})
+def run_two_agents(tmp_path, job) -> list[tuple[int, str, str]]:
+    """Two torchrun agents on 127.0.0.1 (--nnodes=2, c10d), each with its own work directory: (exit code, out, err)."""
     port = free_port()
     agents = []
     for node in (0, 1):
@@ -108,7 +105,15 @@ def test_two_torchrun_agents_on_loopback_train_one_job_and_export_one_model(tiny
                "-m", "sftjob.cli", "run", str(job), "--output", str(work)]
         env = cli_env(tmp_path, SFTJOB_TERMINATION_LOG=str(tmp_path / f"term-{node}"))
         agents.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    results = [(a.wait(timeout=900), *a.communicate()) for a in agents]
+    return [(a.wait(timeout=900), *a.communicate()) for a in agents]
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_on_loopback_train_one_job_and_export_one_model(tiny_model_dir, tmp_path):
+    """What two pods of a 2-node SFTJob run, as two agents on 127.0.0.1 with their own work directories."""
+    job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 4, "perDeviceBatchSize": 2, "effectiveBatchSize": 8},
+                    extra={"resources": {"gpus": 0, "nodes": 2}})
+    results = run_two_agents(tmp_path, job)
     for code, _, err in results:
         assert code == 0, err[-3000:]
     summaries = sum(out.count("SFTJob tiny: done") for _, out, _ in results)
@@ -120,9 +125,24 @@ def test_two_torchrun_agents_on_loopback_train_one_job_and_export_one_model(tiny
     assert report["steps"] == 4
     export = tmp_path / "export"
     assert (export / "sftjob-manifest.json").is_file() and (export / "model.safetensors").is_file()
-    # Both nodes kept a checkpoint of their own, to resume from their own volume.
-    for node in (0, 1):
-        assert list((tmp_path / f"node-{node}" / "checkpoints").glob("checkpoint-*")), node
+    # Both nodes kept a whole checkpoint of their own, to resume from their own volume (transformers 5 writes
+    # the weights on global rank 0 only: node 1's first process adds them), with the same weights.
+    from safetensors.torch import load_file
+
+    newest = [sorted((tmp_path / f"node-{n}" / "checkpoints").glob("checkpoint-*"))[-1] for n in (0, 1)]
+    assert newest[0].name == newest[1].name
+    for checkpoint in newest:
+        for name in ("model.safetensors", "config.json", "trainer_state.json", "optimizer.pt", "scheduler.pt"):
+            assert (checkpoint / name).is_file(), checkpoint / name
+    weights = [load_file(c / "model.safetensors") for c in newest]
+    assert weights[0].keys() == weights[1].keys() and all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+    # Two new pods on those volumes (a longer run) both resume from their own checkpoint-4.
+    job = write_job(tmp_path, tiny_model_dir, training={"maxSteps": 6, "perDeviceBatchSize": 2, "effectiveBatchSize": 8},
+                    extra={"resources": {"gpus": 0, "nodes": 2}})
+    for code, _, err in run_two_agents(tmp_path, job):
+        assert code == 0, err[-3000:]
+    report = json.loads((tmp_path / f"node-{reporting}" / "report.json").read_text())
+    assert report["resumed_from"].endswith("checkpoint-4") and report["steps"] == 6
     # ...and the two optimizer states are the same: the nodes trained one model, their gradients all-reduced
     # (a trainer.evaluate() before train() once left the model unwrapped, and each node trained alone).
     import torch

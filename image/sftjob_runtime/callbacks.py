@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -147,3 +148,41 @@ def _best_step(state, eval_loss: float, step: int) -> int | None:
         except ValueError:
             return None
     return None
+
+
+class NodeCopyCallback(TrainerCallback):
+    """Completes every node's own copy of a checkpoint in a multi-node run (`save_on_each_node`).
+
+    transformers 5 writes the optimizer, scheduler and RNG states, the trainer
+    state and the tokenizer on each node's first process, but the model's
+    weights and config only where torch.distributed's rank is 0
+    (`PreTrainedModel.save_pretrained` checks the rank itself), so another
+    node's copy had nothing to resume the model from. The first process of
+    every other node writes them, the same files the trainer writes (a PEFT
+    adapter is saved on every node already).
+    """
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if not args.save_on_each_node or args.process_index == 0 or args.local_process_index != 0 or model is None:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not checkpoint.is_dir() or any((checkpoint / name).exists() for name in _WEIGHT_FILES):
+            return
+        from safetensors.torch import save_file
+
+        model.config.save_pretrained(checkpoint)
+        if getattr(model, "generation_config", None) is not None and model.can_generate():
+            model.generation_config.save_pretrained(checkpoint)
+        # A tensor shared by several names (tied embeddings) is stored once, under its first name, as
+        # save_pretrained stores it; loading ties the others to it again.
+        weights, seen = {}, set()
+        for name, tensor in model.state_dict().items():
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                weights[name] = tensor.detach().contiguous()
+        save_file(weights, str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
+        if not (checkpoint / "trainer_state.json").exists():
+            state.save_to_json(str(checkpoint / "trainer_state.json"))
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")

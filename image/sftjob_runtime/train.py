@@ -20,7 +20,7 @@ from pathlib import Path
 from sftjob.runconfig import RunConfig
 from sftjob.vocabulary import ExitCode, Reason
 from sftjob_runtime import hardware as hw_mod
-from sftjob_runtime.callbacks import MonitorCallback, TokenCounter
+from sftjob_runtime.callbacks import MonitorCallback, NodeCopyCallback, TokenCounter
 from sftjob_runtime.checkpoint_sync import CheckpointMirror, mirror_uri, restore_checkpoints
 from sftjob_runtime.errors import RuntimeFailure
 from sftjob_runtime.events import emit
@@ -91,7 +91,7 @@ def train(prep: Prepared, work_dir: Path, state: ProgressState | None = None, re
     monitor = MonitorCallback(state, counter)
     if record is not None:
         record.history_of = monitor  # the trainer's own log: on a resumed run it holds the steps before the restart
-    callbacks = [monitor]
+    callbacks = [monitor] + ([NodeCopyCallback()] if cfg.nodes > 1 else [])
     # Building the arguments sets up the process group when torchrun started several processes.
     args = build_sft_config(cfg, r, paths, has_eval=eval_ds is not None)
     configure_metric_sinks(cfg, paths)
